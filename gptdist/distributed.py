@@ -1,0 +1,112 @@
+"""Process setup from torchrun's environment, rank-0 printing and cross-rank reductions.
+
+One code path for one CPU process, one GPU and many: without torchrun there is no
+process group and every collective below is the identity.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    control_group: object = None  # a gloo group for CPU flags, so checking them never syncs a GPU
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is available")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device_request: str = "auto") -> Dist:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(device_request, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not launched_by_torchrun():
+        return Dist(0, 0, 1, device)
+    # Workers that torchrun restarts after a failure reuse the agent's store, where the
+    # previous round's keys (the dead workers' addresses) still sit: namespace ours by
+    # the restart count so that every round meets afresh.
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"gptdist/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return Dist(rank, local_rank, world_size, device, control)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def print0(*args, **kwargs) -> None:
+    """Print on rank 0 only: the one place where console output is decided."""
+    if rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of `value` (a new tensor; `value` itself when running alone)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return all_reduce_sum(value) / world
+
+
+def any_rank(flag: bool, ctx: Dist) -> bool:
+    """True on every rank if `flag` is true on any (a CPU all-reduce: no GPU sync)."""
+    if not ctx.enabled:
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control_group)
+    return bool(tensor.item())
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (on every rank); [obj] when running alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj, group=None)
+    return gathered
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,42 @@
+"""python -m gptdist.generate: text from a gptdist checkpoint.
+
+    python -m gptdist.generate --checkpoint runs/verdict-tiny --prompt "Every effort moves you"
+
+Temperature scaling and top-k filtering as in the book; greedy with --temperature 0 or
+--top-k 1; generation stops at <|endoftext|>. The same --seed gives the same text.
+"""
+
+import argparse
+
+import torch
+
+from . import loading
+from .distributed import pick_device
+from .errors import cli
+from .sampling import complete
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="gptdist.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its newest)")
+    parser.add_argument("--prompt", default="Every effort moves you")
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser.parse_args(argv)
+
+
+@cli("gptdist.generate")
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device, 0)
+    model = loading.model_from_checkpoint(args.checkpoint, device)
+    with torch.inference_mode():
+        print(complete(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None,
+                       args.seed, device))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The GPT-2 model of the book's chapter 4, read top-down: attention -> MLP -> block -> GPT.
+
+Parameter names follow the book (tok_emb, pos_emb, trf_blocks.N.att, .ff, .norm1,
+.norm2, final_norm, out_head), except that the query/key/value projections are one
+fused `att.qkv` linear layer -- exactly OpenAI's `c_attn`, and one matmul instead of three.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .errors import UserError
+
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.drop_rate
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        # (b, t, 3*d) -> 3 x (b, heads, t, head_dim)
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class FeedForward(nn.Module):
+    """The 4x-wide MLP with GELU (tanh approximation, as GPT-2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.att = MultiHeadAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    """Token + position embeddings, n_layers blocks, final norm, linear head to vocabulary logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.emb_dim % cfg.n_heads:
+            raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            elif "norm" in name:
+                nn.init.ones_(param)
+            elif name.endswith(("att.out_proj.weight", "ff.layers.2.weight")):
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(param, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        tokens = idx.shape[1]
+        if tokens > self.cfg.context_length:
+            raise ValueError(f"sequence of {tokens} tokens exceeds the context length {self.cfg.context_length}")
+        positions = torch.arange(tokens, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
+        return self.out_head(self.final_norm(self.trf_blocks(x)))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """All parameters; with non_embedding, without the position embedding (for FLOP counts)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.pos_emb.weight.numel() if non_embedding else total
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices (>= 2 dims) only, not on biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]

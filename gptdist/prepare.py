@@ -1,0 +1,272 @@
+"""python -m gptdist.prepare: corpora to memory-mapped token shards.
+
+    python -m gptdist.prepare --dataset verdict --out data/verdict
+    python -m gptdist.prepare --input books/ --gutenberg --out data/gutenberg --workers 16
+    python -m gptdist.prepare --hf parquet --data-files 'corpus/*.parquet' --out data/corpus
+    python -m gptdist.prepare --verify data/verdict
+
+Every document is GPT-2 BPE-encoded and followed by one <|endoftext|>. Documents go to
+train or val by a seeded hash of their position, so the output is the same for any
+number of workers; a corpus too small for that (The Verdict is one document) is split
+inside its token stream, first (1 - val_fraction) to train, as the book does.
+Everything is written to a temporary folder renamed into place at the end.
+"""
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__, corpus, shards
+from .errors import UserError, cli
+from .tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
+
+DEFAULT_SHARD_TOKENS = 100_000_000
+DOCS_PER_TASK = 8  # documents sent to a worker at once: amortises inter-process overhead
+
+
+def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | None, dict]:
+    """One document (a path to read, or the text itself) to its tokens plus EOT, or None if skipped."""
+    replaced = 0
+    if isinstance(ref, Path):
+        text, replaced = corpus.read_text(ref)
+    else:
+        text = ref
+    if gutenberg:
+        text, why = corpus.clean_gutenberg(text)
+        if text is None:
+            return None, {"skipped": why, "replaced": replaced}
+    ids = gpt2_encoding().encode_ordinary(text)
+    tokens = np.empty(len(ids) + 1, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
+    tokens[:-1] = ids
+    tokens[-1] = EOT_TOKEN
+    return tokens, {"skipped": None, "replaced": replaced}
+
+
+def _tokenize_task(task: tuple[list, bool]) -> list:
+    refs, gutenberg = task
+    return [tokenize_document(ref, gutenberg) for ref in refs]
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenized_documents(refs: Iterable, gutenberg: bool, workers: int) -> Iterator[tuple]:
+    """(tokens, stats) per document, in input order, tokenized by `workers` processes.
+
+    Pool.imap would read the whole input ahead of the workers (a streamed 100 GB
+    dataset included), so at most a few tasks per worker are kept in flight.
+    """
+    tasks = ((batch, gutenberg) for batch in _batched(refs, DOCS_PER_TASK))
+    if workers <= 1:
+        for task in tasks:
+            yield from _tokenize_task(task)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with context.Pool(workers) as pool:
+        in_flight: deque = deque()
+        for task in tasks:
+            in_flight.append(pool.apply_async(_tokenize_task, (task,)))
+            if len(in_flight) >= 4 * workers:
+                yield from in_flight.popleft().get()
+        while in_flight:
+            yield from in_flight.popleft().get()
+
+
+def goes_to_val(index: int, seed: int, val_fraction: float) -> bool:
+    """A seeded, order-independent coin for document `index`."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+def split_inside_text(folder: Path, train: dict, val: dict, val_fraction: float, shard_tokens: int) -> dict:
+    """Re-split a corpus whose documents all landed in one split: by position in its token stream."""
+    whole = train if train["documents"] else val
+    sources = [folder / s["path"] for s in whole["shards"]]
+    for path in sources:
+        path.rename(path.with_suffix(".old"))
+    total = whole["tokens"]
+    n_val = max(1, int(round(val_fraction * total)))
+    writers = {
+        name: shards.ShardWriter(folder, name, shards.token_dtype(GPT2_VOCAB_SIZE), shard_tokens)
+        for name in shards.SPLITS
+    }
+    position = 0
+    for path in sources:
+        old = path.with_suffix(".old")
+        tokens = np.fromfile(old, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
+        cut = min(max(total - n_val - position, 0), len(tokens))
+        writers["train"].write(tokens[:cut])
+        writers["val"].write(tokens[cut:])
+        writers["train"].documents += int((tokens[:cut] == EOT_TOKEN).sum())
+        writers["val"].documents += int((tokens[cut:] == EOT_TOKEN).sum())
+        position += len(tokens)
+        old.unlink()
+    return {name: writer.close() for name, writer in writers.items()}
+
+
+def document_refs(args) -> tuple[Iterable, dict]:
+    """The documents named on the command line, and a description of them for the manifest."""
+    if args.hf:
+        source = {"hf": args.hf, "hf_config": args.hf_config, "hf_split": args.hf_split,
+                  "text_column": args.text_column, "data_files": args.data_files}
+        return corpus.hf_texts(args.hf, args.hf_config, args.hf_split, args.text_column, args.data_files), source
+    if args.dataset:
+        return corpus.dataset_paths(args.dataset), {"dataset": args.dataset}
+    files = corpus.expand_inputs(args.input)
+    return files, {"inputs": [str(f) for f in files]}
+
+
+def prepare(args) -> dict:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"output folder {out} already exists and is not empty; use --overwrite to replace it")
+    refs, source = document_refs(args)
+    gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        manifest = _write_shards(tmp, refs, source, args)
+        if out.exists():  # --overwrite: the old folder goes only once the new one is complete
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def _write_shards(tmp: Path, refs: Iterable, source: dict, args) -> dict:
+    dtype = shards.token_dtype(GPT2_VOCAB_SIZE)
+    writers = {name: shards.ShardWriter(tmp, name, dtype, args.shard_tokens) for name in shards.SPLITS}
+    skipped: Counter = Counter()
+    replaced_chars = files_with_replacements = 0
+    start = time.perf_counter()
+    bar = tqdm(desc="prepare", unit=" docs", file=sys.stderr, dynamic_ncols=True)
+    for index, (tokens, stats) in enumerate(tokenized_documents(refs, args.gutenberg, args.workers)):
+        bar.update()
+        if stats["replaced"]:
+            replaced_chars += stats["replaced"]
+            files_with_replacements += 1
+        if tokens is None:
+            skipped[stats["skipped"]] += 1
+            continue
+        split = "val" if goes_to_val(index, args.seed, args.val_fraction) else "train"
+        writers[split].add_document(tokens)
+        tokens_so_far = writers["train"].tokens + writers["val"].tokens
+        bar.set_postfix_str(f"{tokens_so_far / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
+    bar.close()
+    splits = {name: writer.close() for name, writer in writers.items()}
+    if splits["train"]["documents"] + splits["val"]["documents"] == 0:
+        reasons = "; ".join(f"{n} {why}" for why, n in skipped.items())
+        raise UserError(f"the corpus is empty: no document left to tokenize{f' ({reasons})' if reasons else ''}")
+    split_method = "documents"
+    if not splits["train"]["documents"] or not splits["val"]["documents"]:
+        split_method = "text"
+        splits = split_inside_text(tmp, splits["train"], splits["val"], args.val_fraction, args.shard_tokens)
+    manifest = {
+        "format": shards.FORMAT,
+        "tokenizer": TOKENIZER_NAME,
+        "vocab_size": GPT2_VOCAB_SIZE,
+        "eot_token": EOT_TOKEN,
+        "dtype": dtype.name,
+        "splits": splits,
+        "source": {
+            **source,
+            "gutenberg": args.gutenberg,
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+            "shard_tokens": args.shard_tokens,
+            "split_by": split_method,
+            "skipped": dict(skipped),
+            "replaced_characters": replaced_chars,
+            "files_with_replacements": files_with_replacements,
+            "gptdist_version": __version__,
+        },
+    }
+    shards.write_manifest(tmp, manifest)
+    seconds = time.perf_counter() - start
+    manifest["seconds"] = seconds
+    return manifest
+
+
+def summary(manifest: dict, out: str) -> str:
+    train, val, src = manifest["splits"]["train"], manifest["splits"]["val"], manifest["source"]
+    total = train["tokens"] + val["tokens"]
+    line = (
+        f"prepared {out}: {train['documents'] + val['documents']:,} documents, {total:,} tokens "
+        f"(train {train['tokens']:,} in {len(train['shards'])} shards, val {val['tokens']:,}; "
+        f"split by {src['split_by']}) in {manifest['seconds']:.1f}s"
+    )
+    if src["skipped"]:
+        line += "; skipped " + ", ".join(f"{n} file(s): {why}" for why, n in src["skipped"].items())
+    if src["replaced_characters"]:
+        line += (f"; {src['files_with_replacements']} file(s) had undecodable bytes, "
+                 f"{src['replaced_characters']} replaced with U+FFFD")
+    return line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="gptdist.prepare", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders (*.txt, recursive), globs")
+    source.add_argument("--dataset", help=f"a known dataset, downloaded and cached: {', '.join(corpus.DATASETS)}")
+    source.add_argument("--hf", metavar="NAME", help="a Hugging Face dataset (streamed), or parquet|json|csv|text")
+    source.add_argument("--verify", metavar="DIR", help="re-check a prepared folder: sizes, sha256, token ids")
+    parser.add_argument("--out", help="output folder (created atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--gutenberg", action="store_true", help="clean Project Gutenberg books")
+    parser.add_argument("--hf-config", help="the dataset's configuration name")
+    parser.add_argument("--hf-split", default="train", help="the dataset split to read (default: train)")
+    parser.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
+    parser.add_argument("--data-files", nargs="+", help="files for --hf parquet|json|csv|text")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for val (default 0.1)")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
+    parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    args = parser.parse_args(argv)
+    if not args.verify and not args.out:
+        parser.error("--out is required")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if args.workers < 1 or args.shard_tokens < 1:
+        parser.error("--workers and --shard-tokens must be positive")
+    return args
+
+
+@cli("gptdist.prepare")
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.verify:
+        manifest = shards.verify(args.verify)
+        total = sum(manifest.splits[s]["tokens"] for s in shards.SPLITS)
+        print(f"{args.verify}: OK ({total:,} tokens, sizes, sha256 and token ids checked)")
+        return
+    print(summary(prepare(args), args.out))
+
+
+if __name__ == "__main__":
+    main()

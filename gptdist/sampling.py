@@ -1,0 +1,50 @@
+"""Text generation as in the book's section 5.3: temperature scaling and top-k filtering."""
+
+import torch
+
+from .tokenizer import EOT_TOKEN, decode, encode
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = EOT_TOKEN,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend `idx` (batch, tokens) by up to `max_new_tokens`; greedy when temperature is 0 or top_k is 1.
+
+    A private `generator` keeps sampling from drawing on the global RNG that dropout uses,
+    so that printing samples never changes a training run.
+    """
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_size:])[:, -1, :].float()
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if temperature > 0 and top_k != 1:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+        else:
+            next_id = logits.argmax(dim=-1, keepdim=True)
+        if eos_id is not None and bool((next_id == eos_id).all()):
+            break
+        idx = torch.cat([idx, next_id], dim=1)
+    return idx
+
+
+def complete(model, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+             seed: int, device: torch.device) -> str:
+    """The prompt followed by the model's continuation, as text."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
+    context = model.cfg.context_length
+    out = generate(model, idx, max_new_tokens, context, temperature, top_k, generator=generator)
+    model.train(was_training)
+    return decode(out[0].tolist())

@@ -1,0 +1,41 @@
+"""python -m gptdist.train / torchrun -m gptdist.train: pretrain a GPT-2 model on prepared shards.
+
+    python -m gptdist.train --config configs/verdict-tiny.yaml
+    torchrun --nproc_per_node=4 -m gptdist.train --config configs/gutenberg-gpt2-124m.yaml train.max_steps=5000
+
+Overrides are `section.key=value` (YAML values). A run whose out_dir has checkpoints
+resumes from the newest loadable one. On SIGTERM or SIGUSR1 the run checkpoints at the
+next step boundary and exits with status 0; the same command then resumes it.
+"""
+
+import argparse
+
+from . import config, distributed
+from .errors import cli
+from .trainer import Trainer
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="gptdist.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+@cli("gptdist.train")
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = config.load(args.config, args.overrides)
+    ctx = distributed.setup(cfg.train.device)
+    trainer = None
+    try:
+        trainer = Trainer(cfg, ctx)
+        trainer.fit()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    main()

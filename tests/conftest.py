@@ -1,0 +1,65 @@
+"""Shared fixtures: the offline tokenizer files, The Verdict in the download cache, prepared shards,
+and a helper that runs gptdist's commands as real subprocesses (torchrun included)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GPTDIST_SHARED", REPO.parent / "shared"))
+VERDICT = SHARED / "data" / "the-verdict.txt"
+
+
+def _setup_tiktoken_cache() -> None:
+    cache = SHARED / "tiktoken-cache"
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and cache.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+
+
+_setup_tiktoken_cache()
+
+
+@pytest.fixture(scope="session")
+def download_cache(tmp_path_factory) -> Path:
+    """A GPTDIST_CACHE seeded with The Verdict, as if downloaded before."""
+    if not VERDICT.is_file():
+        pytest.skip(f"{VERDICT} is not here to seed the download cache")
+    cache = tmp_path_factory.mktemp("gptdist-cache")
+    shutil.copy(VERDICT, cache / "the-verdict.txt")
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path_factory, request):
+    """Every test gets a GPTDIST_CACHE: the seeded one where asked for, else an empty one."""
+    if "download_cache" in request.fixturenames:
+        cache = request.getfixturevalue("download_cache")
+    else:
+        cache = tmp_path_factory.mktemp("empty-cache")
+    monkeypatch.setenv("GPTDIST_CACHE", str(cache))
+
+
+def run_module(module: str, *args, env: dict | None = None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m module args...` as a subprocess, output captured."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+def torchrun_command(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "gptdist.train", *map(str, args)]
+
+
+@pytest.fixture(scope="session")
+def verdict_data(tmp_path_factory, download_cache) -> Path:
+    """The Verdict prepared into shards (once per session)."""
+    out = tmp_path_factory.mktemp("data") / "verdict"
+    result = run_module("gptdist.prepare", "--dataset", "verdict", "--out", out,
+                        env={"GPTDIST_CACHE": str(download_cache)})
+    assert result.returncode == 0, result.stderr
+    return out

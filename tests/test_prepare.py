@@ -1,0 +1,258 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import VERDICT, run_module
+
+from gptdist import corpus, shards
+from gptdist.tokenizer import EOT_TOKEN, decode, encode
+
+
+def load_split(folder, split):
+    manifest = shards.read_manifest(folder)
+    parts = [np.fromfile(p, dtype=manifest.dtype) for p in manifest.shard_paths(split)]
+    return np.concatenate(parts) if parts else np.zeros(0, manifest.dtype)
+
+
+def prepare(*args, env=None):
+    return run_module("gptdist.prepare", *args, env=env)
+
+
+def write_docs(folder, count, words=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    vocab = ["alpha", "beta", "gamma", "delta", "<|endoftext|>", "epsilon", "zeta", "eta", "\n"]
+    texts = []
+    for i in range(count):
+        text = f"Document {i}. " + " ".join(rng.choice(vocab, size=words))
+        (folder / f"doc{i:04d}.txt").write_text(text)
+        texts.append(text)
+    return texts
+
+
+def test_verdict_round_trip(verdict_data):
+    manifest = json.loads((verdict_data / "manifest.json").read_text())
+    assert manifest["format"] == "gptdist-shards/1"
+    assert manifest["vocab_size"] == 50257 and manifest["eot_token"] == EOT_TOKEN and manifest["dtype"] == "uint16"
+    assert manifest["source"]["split_by"] == "text"  # one document: split inside the text
+    train, val = load_split(verdict_data, "train"), load_split(verdict_data, "val")
+    assert len(train) + len(val) == 5145 + 1  # 5,145 tokens and one EOT
+    assert len(val) == round(0.1 * 5146) and val[-1] == EOT_TOKEN
+    both = np.concatenate([train, val])
+    assert (both == EOT_TOKEN).sum() == 1
+    assert decode(both[both != EOT_TOKEN].tolist()) == VERDICT.read_text(encoding="utf-8")
+
+
+def test_one_eot_per_document_and_special_tokens_are_text(tmp_path):
+    texts = write_docs(tmp_path / "docs", 30)
+    result = prepare("--input", tmp_path / "docs", "--out", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"]["split_by"] == "documents"
+    train, val = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "val")
+    assert (train == EOT_TOKEN).sum() + (val == EOT_TOKEN).sum() == 30
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 30
+    assert manifest["splits"]["val"]["documents"] >= 1
+    # "<|endoftext|>" inside a document is ordinary text, never the EOT id
+    expected = sum(len(encode(t)) + 1 for t in texts)
+    assert len(train) + len(val) == expected
+
+
+def test_output_identical_for_any_worker_count(tmp_path):
+    write_docs(tmp_path / "docs", 60)
+    outputs = []
+    for workers in (1, 2, 3):
+        out = tmp_path / f"out{workers}"
+        result = prepare("--input", tmp_path / "docs", "--out", out, "--workers", workers, "--shard-tokens", "500")
+        assert result.returncode == 0, result.stderr
+        outputs.append(out)
+    reference = {p.name: p.read_bytes() for p in outputs[0].glob("*.bin")}
+    assert len(reference) > 2  # several shards
+    for out in outputs[1:]:
+        assert {p.name: p.read_bytes() for p in out.glob("*.bin")} == reference
+        assert json.loads((out / "manifest.json").read_text())["splits"] == \
+            json.loads((outputs[0] / "manifest.json").read_text())["splits"]
+
+
+def test_manifest_checksums_and_verify(tmp_path, verdict_data):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(verdict_data), str(copy)], check=True)
+    assert prepare("--verify", copy).returncode == 0
+    shard = copy / "train-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(bytes(data))
+    result = prepare("--verify", copy)
+    assert result.returncode == 2 and "sha256" in result.stderr and "Traceback" not in result.stderr
+    shard.write_bytes(bytes(data[:-2]))
+    result = prepare("--verify", copy)
+    assert result.returncode == 2 and "truncated" in result.stderr
+
+
+def test_verify_finds_token_ids_beyond_the_vocabulary(tmp_path, verdict_data):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(verdict_data), str(copy)], check=True)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    tokens = np.fromfile(copy / "val-00000.bin", dtype="<u2")
+    tokens[0] = 60000
+    tokens.tofile(copy / "val-00000.bin")
+    manifest["splits"]["val"]["shards"][0]["sha256"] = shards.hashlib.sha256(tokens.tobytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = prepare("--verify", copy)
+    assert result.returncode == 2 and "60000" in result.stderr
+
+
+GUTENBERG_BOOK = """The Project Gutenberg EBook of A Made-up Tale, by Nobody
+
+This eBook is for the use of anyone anywhere at no cost.
+
+*** START OF THIS PROJECT GUTENBERG EBOOK A MADE-UP TALE ***
+
+
+
+
+Chapter I.
+
+
+
+It was a dark and stormy night.
+The rain fell.
+
+End of the Project Gutenberg EBook of A Made-up Tale
+
+*** END OF THIS PROJECT GUTENBERG EBOOK A MADE-UP TALE ***
+Licence text that must go.
+"""
+
+OLD_STYLE_BOOK = """*The Project Gutenberg Etext of Old Things*
+*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*
+Old things were new once.
+***END OF THE PROJECT GUTENBERG ETEXT***
+"""
+
+
+def test_gutenberg_cleaning_on_made_up_books(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(GUTENBERG_BOOK)
+    (books / "b.txt").write_text(OLD_STYLE_BOOK)
+    (books / "c.txt").write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\n" + "это не английский " * 50)
+    (books / "d.txt").write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\n\n*** END OF THE PROJECT GUTENBERG EBOOK X ***")
+    assert corpus.clean_gutenberg(GUTENBERG_BOOK) == ("Chapter I.\n\nIt was a dark and stormy night.\nThe rain fell.", None)
+    assert corpus.clean_gutenberg(OLD_STYLE_BOOK) == ("Old things were new once.", None)
+    result = prepare("--input", books, "--gutenberg", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 file(s): not mostly English" in result.stdout
+    assert "1 file(s): empty after removing the licence text" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sum(manifest["source"]["skipped"].values()) == 2
+    tokens = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    text = decode(tokens[tokens != EOT_TOKEN].tolist())
+    assert "Licence" not in text and "START OF" not in text and "stormy night" in text and "Old things" in text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_local_files_through_datasets(tmp_path, fmt):
+    pytest.importorskip("datasets")
+    import datasets
+
+    rows = [{"text": f"row number {i} says hello", "id": i} for i in range(25)]
+    path = tmp_path / f"data.{fmt}"
+    table = datasets.Dataset.from_list(rows)
+    table.to_parquet(str(path)) if fmt == "parquet" else table.to_json(str(path))
+    result = prepare("--hf", fmt, "--data-files", path, "--out", tmp_path / "out", env={"HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    tokens = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    assert (tokens == EOT_TOKEN).sum() == 25
+    assert sum(len(encode(r["text"])) + 1 for r in rows) == len(tokens)
+    result = prepare("--hf", fmt, "--data-files", path, "--text-column", "body", "--out", tmp_path / "out2")
+    assert result.returncode == 2 and "no column 'body'" in result.stderr and "text, id" in result.stderr
+
+
+def test_hub_dataset_offline_is_a_clear_error(tmp_path):
+    pytest.importorskip("datasets")
+    result = prepare("--hf", "someone/some-corpus", "--out", tmp_path / "out",
+                     env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "cannot load Hugging Face dataset 'someone/some-corpus'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_verdict_offline_without_cache_says_where_to_put_it(tmp_path):
+    result = prepare("--dataset", "verdict", "--out", tmp_path / "out", env={"GPTDIST_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 2
+    assert f"place the file at {tmp_path / 'c' / 'the-verdict.txt'}" in result.stderr
+
+
+def test_altered_cached_verdict_is_refused(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "the-verdict.txt").write_text("not the verdict")
+    result = prepare("--dataset", "verdict", "--out", tmp_path / "out", env={"GPTDIST_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 2 and "does not match" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown-dataset", "existing-out", "bad-dir"])
+def test_bad_input_is_one_clear_line(tmp_path, case):
+    out = tmp_path / "out"
+    if case == "missing":
+        args, expected = ["--input", tmp_path / "nope.txt"], "does not exist"
+    elif case == "empty":
+        (tmp_path / "e.txt").write_text("")
+        args, expected = ["--input", tmp_path / "e.txt", "--gutenberg"], "the corpus is empty"
+    elif case == "unknown-dataset":
+        args, expected = ["--dataset", "pile"], "unknown dataset 'pile'"
+    elif case == "existing-out":
+        out.mkdir()
+        (out / "keep.txt").write_text("precious")
+        (tmp_path / "a.txt").write_text("hello")
+        args, expected = ["--input", tmp_path / "a.txt"], "already exists"
+    else:
+        (tmp_path / "d").mkdir()
+        args, expected = ["--input", tmp_path / "d"], "holds no *.txt files"
+    result = prepare(*args, "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()[-1]) > 0
+    if case == "existing-out":
+        assert (out / "keep.txt").read_text() == "precious"
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"good text \xff\xfe more text")
+    result = prepare("--input", tmp_path / "bad.txt", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "1 file(s) had undecodable bytes, 2 replaced with U+FFFD" in result.stdout
+
+
+def test_overwrite_replaces_only_when_asked(tmp_path):
+    (tmp_path / "a.txt").write_text("first corpus " * 20)
+    assert prepare("--input", tmp_path / "a.txt", "--out", tmp_path / "out").returncode == 0
+    (tmp_path / "a.txt").write_text("second corpus " * 20)
+    assert prepare("--input", tmp_path / "a.txt", "--out", tmp_path / "out").returncode == 2
+    assert prepare("--input", tmp_path / "a.txt", "--out", tmp_path / "out", "--overwrite").returncode == 0
+    tokens = np.concatenate([load_split(tmp_path / "out", s) for s in ("train", "val")])
+    assert decode(tokens[:-1].tolist()).startswith("second corpus")
+
+
+def test_killed_prepare_leaves_no_manifest(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 3000, words=400)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "gptdist.prepare", "--input", str(docs), "--out", str(out),
+                             "--workers", "1", "--shard-tokens", "2000"], stderr=subprocess.PIPE, env=os.environ)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.tmp-*/train-0000[2-9].bin")):  # several shards written: halfway
+        assert proc.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert not list(tmp_path.rglob("manifest.json"))
