@@ -63,3 +63,13 @@ def verdict_data(tmp_path_factory, download_cache) -> Path:
                         env={"GPTDIST_CACHE": str(download_cache)})
     assert result.returncode == 0, result.stderr
     return out
+
+
+TINY = ["model.emb_dim=32", "model.n_heads=2", "model.n_layers=1", "model.context_length=32",
+        "train.micro_batch_size=4", "eval.batches=2", "sample.max_new_tokens=5"]
+
+
+def train_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
+    """Arguments of gptdist.train for a small, fast model on `data_dir`."""
+    return ["--config", str(REPO / "configs" / "verdict-tiny.yaml"), f"data.dir={data_dir}",
+            f"run.out_dir={out_dir}", *TINY, *overrides]

@@ -1,0 +1,41 @@
+import math
+
+import torch
+
+from gptdist.config import PRESETS, ModelConfig
+from gptdist.evaluation import next_token_loss
+from gptdist.model import GPTModel, decay_groups
+
+
+def test_loss_at_initialisation_is_near_uniform():
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(emb_dim=64, n_heads=4, n_layers=2, context_length=32)).eval()
+    tokens = torch.randint(0, 50257, (4, 33))
+    loss = next_token_loss(model(tokens[:, :-1]), tokens[:, 1:]).item()
+    assert abs(loss - math.log(50257)) < 0.3
+
+
+def test_gpt2_small_has_the_books_parameter_count():
+    with torch.device("meta"):
+        model = GPTModel(ModelConfig(**PRESETS["gpt2-small"]))
+    assert model.num_params() == 163_009_536  # the book's count, untied head, no qkv bias
+    with_tied_head = model.num_params() - model.out_head.weight.numel()
+    assert with_tied_head == 124_412_160
+
+
+def test_causal_attention_ignores_the_future():
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(emb_dim=32, n_heads=4, n_layers=2, context_length=16, drop_rate=0.0)).eval()
+    a = torch.randint(0, 50257, (1, 16))
+    b = a.clone()
+    b[0, 10:] = 7
+    assert torch.allclose(model(a)[0, :10], model(b)[0, :10], atol=1e-5)
+    assert not torch.allclose(model(a)[0, 12], model(b)[0, 12])
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPTModel(ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, qkv_bias=True))
+    decayed, plain = decay_groups(model, 0.1)
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert plain["weight_decay"] == 0.0

@@ -1,0 +1,123 @@
+"""Real training runs: torchrun with gloo on CPU, kill and resume, config and data errors."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import REPO, run_module, torchrun_command, train_args
+
+from gptdist import checkpoint
+
+
+def final_model(out_dir):
+    return checkpoint.read(checkpoint.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
+
+
+def rows(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(nproc, *args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    result = torchrun(2, *train_args(verdict_data, out, "train.epochs=6", "eval.interval=20",
+                                     "checkpoint.interval=20", "logging.interval=5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = rows(out)
+    start = records[0]
+    assert start["event"] == "start" and start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 32
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_sec"} <= set(steps[0])
+    assert steps[-1]["step"] == start["total_steps"] and steps[-1]["epoch"] == pytest.approx(6.0)
+    assert evals[0]["train_loss"] > evals[-1]["train_loss"] + 2.0  # it learns
+    assert evals[-1]["val_ppl"] == pytest.approx(2.718281828 ** evals[-1]["val_loss"], rel=1e-6)
+    assert (out / "config.yaml").is_file() and (out / "loss.png").stat().st_size > 1000
+    assert "sample: 'Every effort moves you" in result.stdout
+    assert result.stdout.count("eval step") == len(evals)  # rank 0 prints; rank 1 does not
+    saved = torch.load(checkpoint.checkpoint_paths(out / "checkpoints")[-1], weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved["model"])
+    assert len(saved["rng"]["ranks"]) == 2 and saved["progress"]["step"] == start["total_steps"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
+    overrides = ("train.max_steps=30", "checkpoint.interval=5", "checkpoint.keep=10", "eval.interval=10",
+                 "model.drop_rate=0.1", "model.emb_dim=64", "model.context_length=64")
+    whole = tmp_path / "whole"
+    assert torchrun(2, *train_args(verdict_data, whole, *overrides)).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *overrides)), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000010.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step_00000030.pt").exists(), "the run ended before the kill"
+
+    result = torchrun(2, *train_args(verdict_data, killed, *overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumes = [r for r in rows(killed) if r.get("event") == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 10
+    a, b = final_model(whole), final_model(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_gradients_are_equal_across_ranks(tmp_path, verdict_data):
+    script = REPO / "tests" / "dist_grad_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data)], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gradients equal on 2 ranks" in result.stdout
+
+
+def test_single_process_run_without_torchrun(tmp_path, verdict_data):
+    out = tmp_path / "solo"
+    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "logging.interval=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in rows(out) if "loss" in r] == [1, 2, 3]
+    # run again: it resumes at the end and trains no further
+    again = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3"))
+    assert again.returncode == 0 and "resumed from" in again.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.bogus=1"], "unknown config key train.bogus; valid keys of train:"),
+    (["train.max_steps=many"], "config key train.max_steps: expected int"),
+    (["data.dir=/nonexistent/data"], "data folder /nonexistent/data does not exist"),
+    (["model.vocab_size=1000"], "was tokenized for a vocabulary of 50257 tokens but model.vocab_size is 1000"),
+    (["model.context_length=1024"], "too few for one sample"),
+    (["train.micro_batch_size=200"], "larger than the train split"),
+    (["model.preset=gpt9"], "unknown preset 'gpt9'"),
+])
+def test_bad_config_or_data_is_one_clear_line(tmp_path, verdict_data, overrides, message):
+    result = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "run"), *overrides)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoints_of_another_architecture_are_refused(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    assert run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0
+    before = sorted(p.read_bytes() for p in (out / "checkpoints").iterdir())
+    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "model.n_layers=2"))
+    assert result.returncode == 2 and "another architecture (model.n_layers: 1 there, 2 here)" in result.stderr
+    assert sorted(p.read_bytes() for p in (out / "checkpoints").iterdir()) == before
