@@ -49,6 +49,8 @@ class ModelConfig:
     n_layers: int = 12
     drop_rate: float = 0.1
     qkv_bias: bool = False
+    tie_embeddings: bool = False  # share tok_emb's matrix with out_head (OpenAI's GPT-2 does)
+    init_from: str | None = None  # start from OpenAI GPT-2 weights: gpt2-124M|355M|774M|1558M or a folder
 
 
 @dataclass
@@ -94,7 +96,11 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     interval: int = 10  # optimizer steps between metrics rows
-    wandb: bool = False
+    wandb: bool = False  # track the run in Weights & Biases (rank 0); mode from WANDB_MODE
+    wandb_project: str = "gptdist"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None  # default: the name of run.out_dir
+    wandb_tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -137,6 +143,10 @@ def _convert(key: str, value, hint):
             return None
         (hint,) = [a for a in args if a is not type(None)]
         return _convert(key, value, hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        return [_convert(key, v, args[0]) for v in value]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")

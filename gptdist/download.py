@@ -37,8 +37,11 @@ def _matches(path: Path, size: int | None, sha256: str | None) -> bool:
     return sha256 is None or sha256_of(path) == sha256
 
 
-def _fetch(url: str, part: Path, desc: str) -> None:
-    """Append the rest of `url` to `part`, resuming where an earlier attempt stopped."""
+def _fetch(url: str, part: Path, desc: str) -> int | None:
+    """Append the rest of `url` to `part`, resuming where an earlier attempt stopped.
+
+    Returns the whole file's size as the server announced it (None if it did not).
+    """
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "gptdist"})
     if have:
@@ -54,12 +57,14 @@ def _fetch(url: str, part: Path, desc: str) -> None:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
+    return total
 
 
 def download(urls: list[str], dest: Path, size: int | None = None, sha256: str | None = None) -> Path:
     """Return `dest`, downloading it from the first of `urls` that works if it is not cached.
 
-    `size` and `sha256`, where known, are checked; a mismatch is never kept as complete.
+    `size` (else the size the server announces) and `sha256`, where known, are checked;
+    a file that fails them is never kept as complete.
     """
     dest = Path(dest)
     if dest.exists():
@@ -73,11 +78,11 @@ def download(urls: list[str], dest: Path, size: int | None = None, sha256: str |
     failures = []
     for url in urls:
         try:
-            _fetch(url, part, dest.name)
+            announced = _fetch(url, part, dest.name)
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             failures.append(f"{url}: {getattr(err, 'reason', err)}")
             continue
-        if _matches(part, size, sha256):
+        if _matches(part, size or announced, sha256):
             os.replace(part, dest)
             return dest
         failures.append(f"{url}: downloaded file has the wrong size or sha256")

@@ -1,6 +1,7 @@
-"""python -m gptdist.generate: text from a gptdist checkpoint.
+"""python -m gptdist.generate: text from a gptdist checkpoint or OpenAI GPT-2.
 
     python -m gptdist.generate --checkpoint runs/verdict-tiny --prompt "Every effort moves you"
+    python -m gptdist.generate --gpt2 124M --temperature 0.7 --top-k 40
 
 Temperature scaling and top-k filtering as in the book; greedy with --temperature 0 or
 --top-k 1; generation stops at <|endoftext|>. The same --seed gives the same text.
@@ -18,7 +19,7 @@ from .sampling import complete
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="gptdist.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its newest)")
+    loading.add_model_arguments(parser)
     parser.add_argument("--prompt", default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
@@ -32,7 +33,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device, 0)
-    model = loading.model_from_checkpoint(args.checkpoint, device)
+    model = loading.model_from_arguments(args, device)
     with torch.inference_mode():
         print(complete(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None,
                        args.seed, device))

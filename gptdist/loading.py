@@ -1,10 +1,11 @@
-"""Models for inference: from a gptdist checkpoint (or a run folder's newest one)."""
+"""Models for inference: from a gptdist checkpoint (or a run folder's newest one) or OpenAI GPT-2."""
 
+import argparse
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, config
+from . import checkpoint, config, gpt2
 from .errors import UserError
 from .model import GPTModel
 
@@ -22,9 +23,24 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def model_from_checkpoint(path: str | Path, device: torch.device) -> GPTModel:
+def model_from_checkpoint(path: str | Path) -> GPTModel:
     payload = checkpoint.read(checkpoint_file(path))
-    model_cfg = config.build({"model": payload["config"]["model"]}).model
-    model = GPTModel(model_cfg)
+    model = GPTModel(config.build({"model": payload["config"]["model"]}).model)
     model.load_state_dict(payload["model"])
+    return model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate and evaluate."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a gptdist checkpoint file, or a run folder (its newest checkpoint)")
+    source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, cached)")
+    source.add_argument("--gpt2-dir", help="a folder already holding OpenAI GPT-2 files")
+
+
+def model_from_arguments(args: argparse.Namespace, device: torch.device) -> GPTModel:
+    if args.checkpoint:
+        model = model_from_checkpoint(args.checkpoint)
+    else:
+        model = gpt2.load_openai_gpt2(gpt2.download_gpt2(args.gpt2) if args.gpt2 else gpt2.resolve(args.gpt2_dir))
     return model.to(device).eval()

@@ -82,6 +82,8 @@ class GPTModel(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
 
     def reset_parameters(self) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
@@ -105,7 +107,7 @@ class GPTModel(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """All parameters; with non_embedding, without the position embedding (for FLOP counts)."""
-        total = sum(p.numel() for p in self.parameters())
+        total = sum(p.numel() for p in self.parameters())  # a tied matrix counts once
         return total - self.pos_emb.weight.numel() if non_embedding else total
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, distributed, evaluation, metrics, precision, shards
+from . import checkpoint, config, distributed, evaluation, gpt2, metrics, precision, shards
 from .config import Config
 from .data import DistributedStepSampler, TokenWindows
 from .distributed import print0
@@ -22,6 +22,7 @@ from .model import GPTModel, decay_groups
 from .sampling import complete
 from .schedule import WarmupCosineSchedule
 from .states import Progress, RNGState
+from .tracking import WandbTracker
 
 # Keys that change the shapes of the weights: a checkpoint must match them to be resumed.
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
@@ -58,7 +59,16 @@ def check_architecture(saved: dict, model_cfg: config.ModelConfig, source: str) 
 
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
+        init_folder = None
+        if cfg.model.init_from:
+            if ctx.local_rank == 0:  # one download per node; the other ranks then find it cached
+                gpt2.resolve(cfg.model.init_from)
+            distributed.barrier()
+            init_folder = gpt2.resolve(cfg.model.init_from)
+        if init_folder:  # continued pretraining: the architecture is the checkpoint's
+            cfg.model = gpt2.model_config(init_folder, cfg.model)
         self.cfg, self.ctx = cfg, ctx
+        self.tracker = WandbTracker(cfg, ctx.is_main)  # without wandb installed: an error now, not later
         self.out_dir = Path(cfg.run.out_dir)
         self.checkpointer = checkpoint.Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint.keep, ctx)
         resume = self._resume_payload()
@@ -87,7 +97,11 @@ class Trainer:
         self.progress = Progress(global_batch=global_batch)
 
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        self.model = GPTModel(cfg.model).to(ctx.device)
+        self.model = GPTModel(cfg.model)
+        if init_folder and not resume:
+            gpt2.load_into(self.model, init_folder)
+            print0(f"initialised from OpenAI GPT-2 weights in {init_folder}")
+        self.model.to(ctx.device)
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
@@ -104,7 +118,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
         self.states = {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
                        "schedule": self.schedule, "sampler": self.sampler, "progress": self.progress,
-                       "rng": RNGState(ctx, cfg.run.seed)}
+                       "rng": RNGState(ctx, cfg.run.seed), "tracking": self.tracker}
         if resume:
             self.checkpointer.restore(resume, self.states)
         self.resumed_from = resume["path"] if resume else None
@@ -195,6 +209,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config.save(self.cfg, self.out_dir / "config.yaml")
         self.log = metrics.MetricsLog(self.out_dir)
+        self.tracker.start(self.out_dir)
         if self.resumed_from:
             self.log.write({"event": "resume", "step": self.progress.step, "checkpoint": self.resumed_from,
                             "world_size": self.ctx.world_size})
@@ -215,7 +230,7 @@ class Trainer:
             return
         row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "loss": loss, "lr": lr,
                "grad_norm": grad_norm, "tokens_seen": self.progress.tokens_seen, "tokens_per_sec": tokens_per_sec}
-        self.log.write(row)
+        self._record(row)
         print0(f"step {row['step']:>6}/{self.total_steps} | epoch {row['epoch']:.2f} | loss {loss:.4f} | "
                f"lr {lr:.2e} | grad norm {grad_norm:.3f} | {tokens_per_sec:,.0f} tokens/s")
 
@@ -227,16 +242,24 @@ class Trainer:
             return
         row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "tokens_seen": self.progress.tokens_seen,
                "train_loss": train_loss, "val_loss": val_loss, "val_ppl": evaluation.perplexity(val_loss)}
-        self.log.write(row)
+        self._record(row)
         print0(f"eval step {row['step']}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | "
                f"val perplexity {row['val_ppl']:.2f}")
-        metrics.plot_losses(self.log.path, self.out_dir / "loss.png")
+        if metrics.plot_losses(self.log.path, self.out_dir / "loss.png"):
+            self.tracker.log_plot(self.out_dir / "loss.png", self.progress.step)
         sample = self.cfg.sample
         with self.autocast:
             text = complete(self.model, sample.prompt, sample.max_new_tokens, sample.temperature, sample.top_k,
                             self.cfg.run.seed, self.ctx.device)
         print0(f"sample: {text!r}")
+        self.tracker.log_sample(text, self.progress.step)
+
+    def _record(self, row: dict) -> None:
+        """One row to metrics.jsonl and, when tracking, to W&B."""
+        self.log.write(row)
+        self.tracker.log(row, row["step"])
 
     def close(self) -> None:
+        self.tracker.finish()
         if self.log is not None:
             self.log.close()

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -121,3 +122,23 @@ def test_checkpoints_of_another_architecture_are_refused(tmp_path, verdict_data)
     result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "model.n_layers=2"))
     assert result.returncode == 2 and "another architecture (model.n_layers: 1 there, 2 here)" in result.stderr
     assert sorted(p.read_bytes() for p in (out / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(tmp_path, verdict_data, sig):
+    out = tmp_path / "run"
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000")
+    proc = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or '"step": 3' not in (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert f"stopped by {sig.name}" in stdout
+    saved = checkpoint.checkpoint_paths(out / "checkpoints")
+    assert len(saved) == 1 and checkpoint.step_of(saved[0]) >= 3
+    again = run_module("gptdist.train", *train_args(verdict_data, out, f"train.max_steps={checkpoint.step_of(saved[0]) + 2}"))
+    assert again.returncode == 0 and f"at step {checkpoint.step_of(saved[0])}" in again.stdout

@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import REPO, run_module, torchrun_command, train_args
+from wandb_offline import history, run_ids
+
+pytest.importorskip("wandb")
+
+
+def offline_runs(out_dir):
+    return sorted((out_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "x" * 40}
+    overrides = ("logging.wandb=true", "logging.wandb_project=gptdist-test", "logging.wandb_tags=[ci, tiny]",
+                 "logging.interval=2", "eval.interval=4")
+    result = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=8", *overrides)),
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = offline_runs(out)
+    assert len(runs) == 1  # rank 0 only
+    (log,) = runs[0].glob("run-*.wandb")
+    rows = history(log)
+    losses = {row["_step"]: row["loss"] for row in rows if "loss" in row}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses == {r["step"]: r["loss"] for r in metrics if "loss" in r}
+    assert {r["_step"]: r["val_loss"] for r in rows if "val_loss" in r} == \
+        {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
+    media = {key.split("/")[0] for row in rows for key in row if "/" in key}  # stored as nested keys
+    assert media == {"sample", "loss_plot"}
+    (run_id,) = run_ids(log)
+
+    resumed = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=12", *overrides)),
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = offline_runs(out)
+    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    (second_log,) = runs[1].glob("run-*.wandb")
+    assert run_ids(second_log) == {run_id}
+    assert max(row["_step"] for row in history(second_log) if "loss" in row) == 12
+    for path in out.rglob("*"):  # the API key is never written anywhere
+        if path.is_file():
+            assert b"x" * 40 not in path.read_bytes(), path
+    assert "x" * 40 not in result.stdout + result.stderr + resumed.stdout + resumed.stderr
+
+
+def test_wandb_true_without_wandb_installed_fails_at_start(tmp_path, verdict_data):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "wandb.py").write_text("raise ImportError('no wandb here')\n")
+    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "run", "logging.wandb=true"), env=env)
+    assert result.returncode == 2
+    assert "logging.wandb is true but wandb is not installed" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
