@@ -50,6 +50,7 @@ class ModelConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_embeddings: bool = False  # share tok_emb's matrix with out_head (OpenAI's GPT-2 does)
+    init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's defaults (the book's)
     init_from: str | None = None  # start from OpenAI GPT-2 weights: gpt2-124M|355M|774M|1558M or a folder
 
 
@@ -132,6 +133,7 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "schedule.decay": ("cosine", "constant"),
+    "model.init": ("gpt2", "torch"),
 }
 
 

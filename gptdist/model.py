@@ -86,7 +86,16 @@ class GPTModel(nn.Module):
             self.out_head.weight = self.tok_emb.weight
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
+        """model.init "gpt2": GPT-2's N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers).
+
+        "torch": each layer's PyTorch default, as the book's GPTModel has it (N(0, 1) embeddings);
+        on a small corpus it memorises much faster, which chapter 5's run shows.
+        """
+        if self.cfg.init == "torch":
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                    module.reset_parameters()
+            return
         for name, param in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(param)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GPTDIST_SHARED", REPO.parent / "shared"))
@@ -73,3 +74,34 @@ def train_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
     """Arguments of gptdist.train for a small, fast model on `data_dir`."""
     return ["--config", str(REPO / "configs" / "verdict-tiny.yaml"), f"data.dir={data_dir}",
             f"run.out_dir={out_dir}", *TINY, *overrides]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def newest_model(out_dir: Path) -> dict:
+    from gptdist import checkpoint
+
+    return checkpoint.read(checkpoint.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Train on several machines without SLURM: run this once on every node, with the same settings.
+#   NNODES=2 NPROC_PER_NODE=8 RDZV_ENDPOINT=node0.example.org:29500 \
+#     bash launch/multi-node.sh --config configs/gutenberg-gpt2-124m.yaml
+# RDZV_ENDPOINT is host:port of one of the nodes, reachable from all of them (c10d rendezvous).
+# MAX_RESTARTS=K restarts failed workers up to K times; they resume from the newest checkpoint.
+set -euo pipefail
+: "${NNODES:?set NNODES to the number of nodes}"
+: "${RDZV_ENDPOINT:?set RDZV_ENDPOINT to host:port of a node that all nodes can reach}"
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+  NPROC_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "${NPROC_PER_NODE:-0}" -gt 0 ] || NPROC_PER_NODE=1
+fi
+exec torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" \
+  --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-gptdist}" \
+  -m gptdist.train "$@"

@@ -1,0 +1,69 @@
+"""Launches without SLURM: c10d rendezvous across agents, and workers restarted under --max-restarts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, child_pids, free_port, newest_model, same_weights, train_args
+
+pytestmark = pytest.mark.slow
+
+RUN = ("train.max_steps=24", "checkpoint.interval=4", "checkpoint.keep=10", "eval.interval=12",
+       "model.drop_rate=0.1", "model.emb_dim=64", "model.context_length=64")
+# torchrun sets OMP_NUM_THREADS=1 only when it starts several local processes; the thread
+# count changes CPU matmul rounding, so every agent gets it explicitly.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*launch_args):
+    return [sys.executable, "-m", "torch.distributed.run", *launch_args, "-m", "gptdist.train"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, verdict_data):
+    """One agent with two processes, never interrupted."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run(torchrun("--standalone", "--nproc_per_node=2") + train_args(verdict_data, out, *RUN),
+                            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return newest_model(out)
+
+
+def test_two_agents_meeting_by_c10d_match_one_agent(tmp_path, verdict_data, reference):
+    out = tmp_path / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [
+        subprocess.Popen(torchrun("--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}", "--rdzv-backend=c10d",
+                                  f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-agents")
+                         + train_args(verdict_data, out, *RUN), env=ENV, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:]
+    assert same_weights(newest_model(out), reference)
+
+
+@pytest.mark.parametrize("rendezvous", ["standalone", "c10d"])
+def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_path, verdict_data, reference,
+                                                                          rendezvous):
+    out = tmp_path / "run"
+    launch = ["--standalone"] if rendezvous == "standalone" else \
+        ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--nnodes=1"]
+    agent = subprocess.Popen(torchrun(*launch, "--nproc_per_node=2", "--max-restarts=1")
+                             + train_args(verdict_data, out, *RUN), env=ENV, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000008.pt").exists():
+        assert agent.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    workers = child_pids(agent.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    output, _ = agent.communicate(timeout=600)
+    assert agent.returncode == 0, output[-3000:]
+    assert "resumed from" in output
+    assert same_weights(newest_model(out), reference)
