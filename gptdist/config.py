@@ -37,12 +37,14 @@ class RunConfig:
 class DataConfig:
     dir: str = "data/verdict"  # a folder made by `python -m gptdist.prepare`
     stride: int | None = None  # tokens between sample starts; None: context_length (no overlap)
+    verify: bool = True  # check every shard's sha256 and token ids at start (one read of the data)
 
 
 @dataclass
 class ModelConfig:
     preset: str | None = None  # gpt2-small|medium|large|xl or a small CPU preset; keys below override it
     vocab_size: int = GPT2_VOCAB_SIZE
+    vocab_multiple: int = 64  # embedding/head rows padded to a multiple (50,257 -> 50,304); logits stay vocab_size
     context_length: int = 256
     emb_dim: int = 768
     n_heads: int = 12
@@ -64,6 +66,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto|cpu|cuda
+    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient norm
+    tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
+    ddp_bucket_mb: int = 25  # DDP gradient all-reduce bucket size
 
 
 @dataclass

@@ -110,6 +110,10 @@ def load_into(model: GPTModel, folder: Path) -> GPTModel:
     except KeyError as err:
         raise UserError(f"the GPT-2 checkpoint in {folder} lacks variable {err}") from None
     state["pos_emb.weight"] = state["pos_emb.weight"][: model.cfg.context_length]
+    padding = model.padded_vocab - state["tok_emb.weight"].shape[0]
+    if padding > 0:  # rows past the vocabulary are never looked up and their logits are cut off
+        state["tok_emb.weight"] = torch.cat([state["tok_emb.weight"], state["tok_emb.weight"].new_zeros(padding, model.cfg.emb_dim)])
+        state["out_head.weight"] = state["tok_emb.weight"]
     own = model.state_dict()
     for name, tensor in state.items():
         if own[name].shape != tensor.shape:

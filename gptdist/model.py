@@ -75,12 +75,15 @@ class GPTModel(nn.Module):
         if cfg.emb_dim % cfg.n_heads:
             raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs; the padded
+        # logits are cut off in forward, so loss and sampling see exactly vocab_size tokens.
+        self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
+        self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, self.padded_vocab, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
@@ -112,12 +115,19 @@ class GPTModel(nn.Module):
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length {self.cfg.context_length}")
         positions = torch.arange(tokens, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
-        return self.out_head(self.final_norm(self.trf_blocks(x)))
+        logits = self.out_head(self.final_norm(self.trf_blocks(x)))
+        return logits[..., : self.cfg.vocab_size] if self.padded_vocab != self.cfg.vocab_size else logits
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """All parameters; with non_embedding, without the position embedding (for FLOP counts)."""
-        total = sum(p.numel() for p in self.parameters())  # a tied matrix counts once
-        return total - self.pos_emb.weight.numel() if non_embedding else total
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+    def matmul_params(self) -> int:
+        """The parameters that multiply every token (for FLOP counts): all but the embedding lookups.
+
+        An untied token embedding is a lookup, not a matmul; tied, it is also the head and counts.
+        """
+        lookups = self.pos_emb.weight.numel() + (0 if self.cfg.tie_embeddings else self.tok_emb.weight.numel())
+        return self.num_params() - lookups
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -25,7 +25,7 @@ from .states import Progress, RNGState
 from .tracking import WandbTracker
 
 # Keys that change the shapes of the weights: a checkpoint must match them to be resumed.
-ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
+ARCHITECTURE_KEYS = ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
 
 
 class StopRequest:
@@ -75,6 +75,10 @@ class Trainer:
 
         manifest = shards.read_manifest(cfg.data.dir)
         check_data_matches_model(manifest, cfg.model)
+        if cfg.data.verify:  # never train on altered data: one read per node, the other ranks wait
+            if ctx.local_rank == 0:
+                shards.verify(cfg.data.dir)
+            distributed.barrier()
         stride = cfg.data.stride or cfg.model.context_length
         self.train_data = TokenWindows(manifest, "train", cfg.model.context_length, stride)
         self.val_data = TokenWindows(manifest, "val", cfg.model.context_length, stride)
@@ -96,6 +100,9 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.sampler.steps_per_epoch
         self.progress = Progress(global_batch=global_batch)
 
+        if ctx.device.type == "cuda" and cfg.train.tf32:  # fp32 matmuls on tensor cores (10-bit mantissa)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = GPTModel(cfg.model)
         if init_folder and not resume:
@@ -111,9 +118,10 @@ class Trainer:
         self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.ddp_model = self.forward_model
         if ctx.enabled:
+            # Gradients as views into the all-reduce buckets: no copy in and out of them.
             self.ddp_model = DistributedDataParallel(
                 self.forward_model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
+                gradient_as_bucket_view=True, bucket_cap_mb=cfg.train.ddp_bucket_mb,
             )
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
         self.states = {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
@@ -123,6 +131,7 @@ class Trainer:
             self.checkpointer.restore(resume, self.states)
         self.resumed_from = resume["path"] if resume else None
         self.log = None
+        self.bad_steps = 0  # non-finite steps in a row
 
     def _resume_payload(self) -> dict | None:
         mode, folder = self.cfg.checkpoint.resume, self.checkpointer.folder
@@ -146,38 +155,11 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         stop = StopRequest()
         self._start_log()
-        context_length = cfg.model.context_length
-        micro = cfg.train.micro_batch_size
-        step_loss = torch.zeros((), device=ctx.device)
         last_log_time, last_log_tokens = time.perf_counter(), self.progress.tokens_seen
         self.ddp_model.train()
         while self.progress.step < self.total_steps:
-            if self.sampler.epoch_done():
-                self.sampler.set_epoch(self.sampler.epoch + 1)
-            indices = self.sampler.next_step()
-            lr = self.schedule.apply()
-            step_loss.zero_()
-            for micro_step in range(self.grad_accum):
-                batch = self.train_data.batch(indices[micro_step * micro : (micro_step + 1) * micro])
-                batch = batch.pin_memory().to(ctx.device, non_blocking=True) if ctx.device.type == "cuda" \
-                    else batch
-                # DDP all-reduces gradients in backward; only the last micro-step's needs to.
-                last = micro_step == self.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not ctx.enabled else self.ddp_model.no_sync()
-                with sync:
-                    with self.autocast:
-                        logits = self.ddp_model(batch[:, :-1])
-                        loss = evaluation.next_token_loss(logits, batch[:, 1:])
-                    self.scaler.scale(loss / self.grad_accum).backward()
-                step_loss += loss.detach() / self.grad_accum
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip or float("inf"))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step()
-            self.progress.step += 1
-            self.progress.tokens_seen += self.progress.global_batch * context_length
+            step_loss, grad_norm = self.train_step(self.next_batches())
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
             step = self.progress.step
             final = step == self.total_steps
 
@@ -191,6 +173,8 @@ class Trainer:
                 self._evaluate()
             stopping = distributed.any_rank(stop.signal_name is not None, ctx)
             if step % cfg.checkpoint.interval == 0 or final or stopping:
+                if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                    raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
                 path = self.checkpointer.save(step, self.states, cfg.to_dict())
                 print0(f"saved {path}")
             if stopping:
@@ -198,6 +182,62 @@ class Trainer:
                        "run the same command again to resume")
                 return stop.signal_name or "signal"
         return "done"
+
+    def next_batches(self) -> list[torch.Tensor]:
+        """This rank's micro-batches for the next optimizer step: all the data loading of a step."""
+        if self.sampler.epoch_done():
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+        indices = self.sampler.next_step()
+        micro = self.cfg.train.micro_batch_size
+        batches = [self.train_data.batch(indices[i * micro : (i + 1) * micro]) for i in range(self.grad_accum)]
+        if self.ctx.device.type == "cuda":  # pinned pages copy asynchronously, overlapping compute
+            return [b.pin_memory().to(self.ctx.device, non_blocking=True) for b in batches]
+        return batches
+
+    def train_step(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over the micro-batches; returns (mean loss, gradient norm) on the device."""
+        self.schedule.apply()
+        step_loss = torch.zeros((), device=self.ctx.device)
+        for micro_step, batch in enumerate(batches):
+            # DDP all-reduces gradients in backward; only the last micro-step's needs to.
+            last = micro_step == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.ctx.enabled else self.ddp_model.no_sync()
+            with sync:
+                with self.autocast:
+                    logits = self.ddp_model(batch[:, :-1])
+                    loss = evaluation.next_token_loss(logits, batch[:, 1:])
+                self.scaler.scale(loss / len(batches)).backward()
+            step_loss += loss.detach() / len(batches)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
+        # A non-finite step is never applied. The gradient norm is the same on every rank (the
+        # gradients are all-reduced); with fp16 the scaler skips overflowing steps itself, so
+        # there only a non-finite loss counts. Reading the flag is this step's one host sync.
+        finite = torch.isfinite(step_loss if self.scaler.is_enabled() else grad_norm)
+        if distributed.any_rank(not bool(finite), self.ctx):
+            self._skip_bad_step(step_loss, grad_norm)
+        else:
+            self.bad_steps = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.progress.step += 1
+        self.progress.tokens_seen += self.progress.global_batch * self.cfg.model.context_length
+        return step_loss, grad_norm
+
+    def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.bad_steps += 1
+        step, limit = self.progress.step + 1, self.cfg.train.max_bad_steps
+        print0(f"warning: step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}; "
+               f"update skipped ({self.bad_steps} in a row, stopping at {limit})")
+        if self.bad_steps >= limit:
+            newest = checkpoint.checkpoint_paths(self.checkpointer.folder)
+            raise UserError(
+                f"training diverged: {self.bad_steps} steps in a row with a non-finite loss or gradient norm "
+                f"(up to step {step}); lower optim.lr or raise schedule.warmup_steps, then resume"
+                + (f" from {newest[-1]}" if newest else "")
+            )
 
     @property
     def epoch(self) -> float:

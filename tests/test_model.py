@@ -17,10 +17,24 @@ def test_loss_at_initialisation_is_near_uniform():
 
 def test_gpt2_small_has_the_books_parameter_count():
     with torch.device("meta"):
-        model = GPTModel(ModelConfig(**PRESETS["gpt2-small"]))
+        model = GPTModel(ModelConfig(**PRESETS["gpt2-small"], vocab_multiple=1))
     assert model.num_params() == 163_009_536  # the book's count, untied head, no qkv bias
     with_tied_head = model.num_params() - model.out_head.weight.numel()
     assert with_tied_head == 124_412_160
+
+
+def test_padded_vocabulary_is_cut_from_the_logits():
+    torch.manual_seed(0)
+    cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0)
+    model = GPTModel(cfg).eval()
+    assert model.tok_emb.weight.shape[0] == model.out_head.weight.shape[0] == 50304
+    tokens = torch.randint(0, 50257, (2, 8))
+    logits = model(tokens)
+    assert logits.shape == (2, 8, 50257)
+    unpadded = GPTModel(ModelConfig(**{**vars(cfg), "vocab_multiple": 1})).eval()
+    state = {k: (v[:50257] if k in ("tok_emb.weight", "out_head.weight") else v) for k, v in model.state_dict().items()}
+    unpadded.load_state_dict(state)
+    assert torch.equal(unpadded(tokens), logits)
 
 
 def test_causal_attention_ignores_the_future():
