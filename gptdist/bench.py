@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import config, corpus, distributed, precision
+from . import config, corpus, distributed
 from .errors import cli
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs gptdist is run on; SXM parts unless named.
@@ -163,7 +162,7 @@ def bench_prepare(args) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="gptdist-bench-") as tmp:
         docs = synthetic_corpus(Path(tmp) / "docs", args.megabytes)
-        texts = [p.read_text() for p in sorted(docs.iterdir())[:200]]
+        texts = [p.read_text() for p in sorted(docs.iterdir())]
         encoding = gpt2_encoding()
         start = time.perf_counter()
         tokens = sum(len(encoding.encode_ordinary(t)) for t in texts)

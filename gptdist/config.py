@@ -15,7 +15,6 @@ import yaml
 from .errors import UserError
 from .tokenizer import GPT2_VOCAB_SIZE
 
-
 # Model presets: the book's GPT-2 sizes (context 1024), and small shapes that train on a CPU.
 PRESETS: dict[str, dict] = {
     "gpt2-small": dict(emb_dim=768, n_layers=12, n_heads=12, context_length=1024),  # 124M
@@ -68,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # auto|cpu|cuda
     max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient norm
     tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
+    reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (see gptdist/host_memory.py)
     ddp_bucket_mb: int = 25  # DDP gradient all-reduce bucket size
 
 
@@ -157,7 +157,7 @@ def _convert(key: str, value, hint):
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_convert(key, v, a) for v, a in zip(value, args))
+        return tuple(_convert(key, v, a) for v, a in zip(value, args, strict=False))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # yaml reads 4e-4 (no dot) as a string

@@ -15,7 +15,6 @@ from .config import ModelConfig
 from .errors import UserError
 
 
-
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU)."""
 
@@ -75,9 +74,13 @@ class GPTModel(nn.Module):
         if cfg.emb_dim % cfg.n_heads:
             raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
         self.cfg = cfg
-        # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs; the padded
-        # logits are cut off in forward, so loss and sampling see exactly vocab_size tokens.
+        # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs. The padded
+        # logits get a fixed -inf bias (added inside the matmul, so it costs nothing): softmax,
+        # loss and sampling then see exactly the vocab_size real tokens, as GPT-2 does.
         self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
+        padding_bias = torch.zeros(self.padded_vocab)
+        padding_bias[cfg.vocab_size :] = float("-inf")
+        self.register_buffer("padding_bias", padding_bias, persistent=False)
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
@@ -115,8 +118,10 @@ class GPTModel(nn.Module):
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length {self.cfg.context_length}")
         positions = torch.arange(tokens, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
-        logits = self.out_head(self.final_norm(self.trf_blocks(x)))
-        return logits[..., : self.cfg.vocab_size] if self.padded_vocab != self.cfg.vocab_size else logits
+        x = self.final_norm(self.trf_blocks(x))
+        if self.padded_vocab == self.cfg.vocab_size:
+            return self.out_head(x)
+        return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once

@@ -45,7 +45,9 @@ def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | No
         text, why = corpus.clean_gutenberg(text)
         if text is None:
             return None, {"skipped": why, "replaced": replaced}
-    ids = gpt2_encoding().encode_ordinary(text)
+    # encode_ordinary's ids straight into a numpy buffer (no Python list): with nothing allowed
+    # and nothing disallowed, text that looks like a special token is ordinary text.
+    ids = gpt2_encoding().encode_to_numpy(text, allowed_special=set(), disallowed_special=())
     tokens = np.empty(len(ids) + 1, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
     tokens[:-1] = ids
     tokens[-1] = EOT_TOKEN

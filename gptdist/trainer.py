@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, config, distributed, evaluation, gpt2, metrics, precision, shards
+from . import checkpoint, config, distributed, evaluation, gpt2, host_memory, metrics, precision, shards
 from .config import Config
 from .data import DistributedStepSampler, TokenWindows
 from .distributed import print0
@@ -57,14 +57,17 @@ def check_architecture(saved: dict, model_cfg: config.ModelConfig, source: str) 
                         "use another run.out_dir or the checkpoint's model settings")
 
 
+def gpt2_folder(name: str, ctx: distributed.Dist) -> Path:
+    """OpenAI weights for model.init_from: one download per node, the other ranks find them cached."""
+    if ctx.local_rank == 0:
+        gpt2.resolve(name)
+    distributed.barrier()
+    return gpt2.resolve(name)
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
-        init_folder = None
-        if cfg.model.init_from:
-            if ctx.local_rank == 0:  # one download per node; the other ranks then find it cached
-                gpt2.resolve(cfg.model.init_from)
-            distributed.barrier()
-            init_folder = gpt2.resolve(cfg.model.init_from)
+        init_folder = gpt2_folder(cfg.model.init_from, ctx) if cfg.model.init_from else None
         if init_folder:  # continued pretraining: the architecture is the checkpoint's
             cfg.model = gpt2.model_config(init_folder, cfg.model)
         self.cfg, self.ctx = cfg, ctx
@@ -100,6 +103,8 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.sampler.steps_per_epoch
         self.progress = Progress(global_batch=global_batch)
 
+        if ctx.device.type == "cpu" and cfg.train.reuse_host_memory:
+            host_memory.keep_freed_memory()
         if ctx.device.type == "cuda" and cfg.train.tf32:  # fp32 matmuls on tensor cores (10-bit mantissa)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

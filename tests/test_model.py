@@ -23,18 +23,23 @@ def test_gpt2_small_has_the_books_parameter_count():
     assert with_tied_head == 124_412_160
 
 
-def test_padded_vocabulary_is_cut_from_the_logits():
+def test_padded_vocabulary_never_reaches_loss_or_sampling():
     torch.manual_seed(0)
     cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0)
     model = GPTModel(cfg).eval()
     assert model.tok_emb.weight.shape[0] == model.out_head.weight.shape[0] == 50304
     tokens = torch.randint(0, 50257, (2, 8))
     logits = model(tokens)
-    assert logits.shape == (2, 8, 50257)
+    assert logits.shape == (2, 8, 50304) and torch.isneginf(logits[..., 50257:]).all()
     unpadded = GPTModel(ModelConfig(**{**vars(cfg), "vocab_multiple": 1})).eval()
     state = {k: (v[:50257] if k in ("tok_emb.weight", "out_head.weight") else v) for k, v in model.state_dict().items()}
     unpadded.load_state_dict(state)
-    assert torch.equal(unpadded(tokens), logits)
+    assert torch.allclose(unpadded(tokens), logits[..., :50257], atol=1e-6)
+    targets = torch.randint(0, 50257, (2, 8))
+    loss = next_token_loss(logits, targets)
+    assert torch.allclose(loss, next_token_loss(unpadded(tokens), targets), atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(model.out_head.weight.grad).all() and model.out_head.weight.grad[50257:].abs().sum() == 0
 
 
 def test_causal_attention_ignores_the_future():

@@ -34,7 +34,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(
     rng = random.Random(0)
     args = train_args(verdict_data, out, "train.max_steps=100000", "checkpoint.interval=1", "checkpoint.keep=3",
                       "eval.interval=100000", "logging.interval=1")
-    for trial in range(8):
+    for _trial in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         newest_before = checkpoint.checkpoint_paths(folder)[-1] if folder.exists() else None
