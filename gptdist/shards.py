@@ -147,7 +147,7 @@ def verify(folder: str | Path) -> Manifest:
     manifest = read_manifest(folder)
     block_bytes = (1 << 24) * manifest.dtype.itemsize
     for split in SPLITS:
-        for shard, path in zip(manifest.splits[split]["shards"], manifest.shard_paths(split)):
+        for shard, path in zip(manifest.splits[split]["shards"], manifest.shard_paths(split), strict=True):
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 while data := f.read(block_bytes):
