@@ -119,13 +119,16 @@ class Checkpointer:
     def __init__(self, folder: Path, keep: int, ctx: distributed.Dist):
         self.folder, self.keep, self.ctx = Path(folder), keep, ctx
 
-    def save(self, step: int, states: dict[str, Stateful], config: dict) -> Path:
-        """Called on every rank (states may gather from all ranks); rank 0 writes, the others wait."""
+    def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Path:
+        """Called on every rank (states may gather from all ranks); rank 0 writes, the others wait.
+
+        `summary` adds plain top-level values for readers (step, epoch, tokens_seen).
+        """
         payload = {name: state.state_dict() for name, state in states.items()}
         path = self.folder / f"step_{step:08d}.pt"
         failure = None
         if self.ctx.is_main:
-            payload.update(format=FORMAT, config=config)
+            payload.update(summary, format=FORMAT, config=config)
             payload["checksum"] = content_digest(payload)
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)

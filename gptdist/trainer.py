@@ -180,7 +180,8 @@ class Trainer:
             if step % cfg.checkpoint.interval == 0 or final or stopping:
                 if not all(torch.isfinite(p).all() for p in self.model.parameters()):
                     raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
-                path = self.checkpointer.save(step, self.states, cfg.to_dict())
+                summary = {"step": step, "epoch": self.epoch, "tokens_seen": self.progress.tokens_seen}
+                path = self.checkpointer.save(step, self.states, cfg.to_dict(), summary)
                 print0(f"saved {path}")
             if stopping:
                 print0(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "

@@ -21,7 +21,7 @@ class Box:
 def save_steps(folder, steps, keep=10):
     saver = checkpoint.Checkpointer(folder, keep, SOLO)
     for step in steps:
-        saver.save(step, {"box": Box(torch.full((3,), float(step)))}, {"model": {}})
+        saver.save(step, {"box": Box(torch.full((3,), float(step)))}, {"model": {}}, {"step": step})
     return saver
 
 

@@ -49,6 +49,9 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     saved = torch.load(checkpoint.checkpoint_paths(out / "checkpoints")[-1], weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved["model"])
     assert len(saved["rng"]["ranks"]) == 2 and saved["progress"]["step"] == start["total_steps"]
+    assert saved["step"] == start["total_steps"] and saved["epoch"] == pytest.approx(6.0)
+    assert saved["tokens_seen"] == start["total_steps"] * start["tokens_per_step"]
+    assert {"model", "optimizer", "scaler", "sampler", "config", "format", "checksum"} <= set(saved)
 
 
 @pytest.mark.slow
