@@ -31,6 +31,10 @@ def main(argv=None) -> None:
     try:
         trainer = Trainer(cfg, ctx)
         trainer.fit()
+        # Finish together: a rank destroying the process group while another still uses it
+        # can abort the other at exit (seen after elastic restarts). Not on the error path,
+        # where the other ranks may be waiting in another collective.
+        distributed.barrier()
     finally:
         if trainer is not None:
             trainer.close()
