@@ -170,9 +170,9 @@ def bench_prepare(args) -> dict:
         rates = {}
         for workers in sorted({1, args.workers}):
             out = Path(tmp) / f"out{workers}"
-            manifest = prepare(prepare_args(["--input", str(docs), "--out", str(out), "--workers", str(workers)]))
+            manifest, seconds = prepare(prepare_args(["--input", str(docs), "--out", str(out), "--workers", str(workers)]))
             total = sum(s["tokens"] for s in manifest["splits"].values())
-            rates[workers] = total / manifest["seconds"]
+            rates[workers] = total / seconds
         return {"benchmark": "prepare", "megabytes": args.megabytes, "documents": len(list(docs.iterdir())),
                 "tokens": total, "tiktoken_single_thread_tokens_per_sec": tiktoken_rate,
                 "tokens_per_sec_by_workers": rates, "one_worker_vs_tiktoken": rates[1] / tiktoken_rate,

@@ -137,7 +137,8 @@ def document_refs(args) -> tuple[Iterable, dict]:
     return files, {"inputs": [str(f) for f in files]}
 
 
-def prepare(args) -> dict:
+def prepare(args) -> tuple[dict, float]:
+    """Write the shards and manifest of `args.out`; returns the manifest and the seconds it took."""
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"output folder {out} already exists and is not empty; use --overwrite to replace it")
@@ -146,6 +147,7 @@ def prepare(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir()
+    start = time.perf_counter()
     try:
         manifest = _write_shards(tmp, refs, source, args)
         if out.exists():  # --overwrite: the old folder goes only once the new one is complete
@@ -158,7 +160,7 @@ def prepare(args) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return manifest
+    return manifest, time.perf_counter() - start
 
 
 def _write_shards(tmp: Path, refs: Iterable, source: dict, args) -> dict:
@@ -210,18 +212,16 @@ def _write_shards(tmp: Path, refs: Iterable, source: dict, args) -> dict:
         },
     }
     shards.write_manifest(tmp, manifest)
-    seconds = time.perf_counter() - start
-    manifest["seconds"] = seconds
     return manifest
 
 
-def summary(manifest: dict, out: str) -> str:
+def summary(manifest: dict, out: str, seconds: float) -> str:
     train, val, src = manifest["splits"]["train"], manifest["splits"]["val"], manifest["source"]
     total = train["tokens"] + val["tokens"]
     line = (
         f"prepared {out}: {train['documents'] + val['documents']:,} documents, {total:,} tokens "
         f"(train {train['tokens']:,} in {len(train['shards'])} shards, val {val['tokens']:,}; "
-        f"split by {src['split_by']}) in {manifest['seconds']:.1f}s"
+        f"split by {src['split_by']}) in {seconds:.1f}s"
     )
     if src["skipped"]:
         line += "; skipped " + ", ".join(f"{n} file(s): {why}" for why, n in src["skipped"].items())
@@ -267,7 +267,8 @@ def main(argv=None) -> None:
         total = sum(manifest.splits[s]["tokens"] for s in shards.SPLITS)
         print(f"{args.verify}: OK ({total:,} tokens, sizes, sha256 and token ids checked)")
         return
-    print(summary(prepare(args), args.out))
+    manifest, seconds = prepare(args)
+    print(summary(manifest, args.out, seconds))
 
 
 if __name__ == "__main__":
