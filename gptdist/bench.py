@@ -5,15 +5,15 @@
     python -m gptdist.bench data --config configs/bench-cpu-small.yaml
     python -m gptdist.bench prepare --megabytes 64 --workers 2
 
-Each prints a table and one JSON line. MFU counts 6N + 12·L·T·d FLOPs per token (N: the
-parameters that multiply every token) against the device's peak: a table of known GPUs
-(bf16 dense; --peak-tflops overrides) or, on a CPU, a large matmul timed on the spot in the
-run's dtype.
+Each prints a table and one JSON line. MFU is computed as training logs it (gptdist/flops.py):
+6N + 12·L·T·d FLOPs per token against the device's peak, a table of known GPUs (bf16 dense;
+--peak-tflops overrides) or, on a CPU, a matmul timed on the spot in the run's dtype.
 """
 
 import argparse
 import json
 import os
+import platform
 import resource
 import shutil
 import sys
@@ -25,39 +25,8 @@ import torch
 
 from . import config, corpus, distributed
 from .errors import cli
-
-# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs gptdist is run on; SXM parts unless named.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0,
-                   "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0, "V100": 125.0}
-
-
-def flops_per_token(model) -> float:
-    cfg = model.cfg
-    return 6 * model.matmul_params() + 12 * cfg.n_layers * cfg.context_length * cfg.emb_dim
-
-
-def measured_cpu_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of the best of `repeats` size x size matmuls on this CPU, with all its threads."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def device_peak(device: torch.device, dtype: torch.dtype, override_tflops: float | None) -> tuple[float, str]:
-    if override_tflops:
-        return override_tflops * 1e12, "given"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12, f"{name} (table)"
-        return float("nan"), f"{name} (not in the table: use --peak-tflops)"
-    return measured_cpu_peak(dtype), f"CPU {str(dtype).removeprefix('torch.')} matmul, measured"
+from .flops import flops_per_token
+from .throughput import synchronize
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -66,12 +35,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return round(time.perf_counter() - start, 3)
 
 
 def bench_train(args) -> dict:
+    """The Trainer's own step (train_step, next_batches and the stop agreement, as fit runs them), timed."""
+    from .stopping import StopRequest
     from .trainer import Trainer
 
     cfg = config.load(args.config, args.overrides)
@@ -80,36 +56,53 @@ def bench_train(args) -> dict:
     ctx = distributed.setup(cfg.train.device)
     try:
         trainer = Trainer(cfg, ctx)
-        trainer.ddp_model.train()
-        data_seconds = step_seconds = 0.0
+        stop = StopRequest(ctx)
+        trainer.model.train()
+        data_seconds = stop_seconds = 0.0
+        start = time.perf_counter()
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 synchronize(ctx.device)
                 distributed.barrier()
                 if ctx.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(ctx.device)
-                data_seconds = 0.0
+                data_seconds = stop_seconds = 0.0
                 start = time.perf_counter()
             data_start = time.perf_counter()
             batches = trainer.next_batches()
             data_seconds += time.perf_counter() - data_start
             loss, _ = trainer.train_step(batches)
+            stop_start = time.perf_counter()
+            stop.agreed()
+            stop_seconds += time.perf_counter() - stop_start
+            if step == 0:  # compilation and warm-up: the time to the first step
+                synchronize(ctx.device)
+                first_step_s = round(time.perf_counter() - start, 3)
         loss = loss.item()  # waits for the last step
         step_seconds = (time.perf_counter() - start) / args.steps
+        stop.finish()
+        peak_mb = peak_memory_mb(ctx.device)
+        eval_s = [timed(trainer.evaluate) for _ in range(2)] if args.eval else []
         tokens_per_step = trainer.progress.global_batch * cfg.model.context_length
-        peak, peak_source = device_peak(ctx.device, trainer.dtype, args.peak_tflops)
+        # MFU against the peak that training logs against (measured at its start on a CPU)
+        peak, peak_source = ((args.peak_tflops * 1e12, "given") if args.peak_tflops else
+                             (trainer.throughput.peak_flops, trainer.throughput.peak_source))
         achieved = flops_per_token(trainer.model) * tokens_per_step / ctx.world_size / step_seconds
         result = {
             "benchmark": "train", "config": args.config, "overrides": args.overrides, "device": str(ctx.device),
+            "gpu": device_name(ctx.device), "torch": torch.__version__,
             "world_size": ctx.world_size, "precision": str(trainer.dtype).removeprefix("torch."),
             "compile": cfg.train.compile, "parameters": trainer.model.num_params(),
+            "micro_batch_size": cfg.train.micro_batch_size, "grad_accum_steps": trainer.grad_accum,
             "tokens_per_step": tokens_per_step, "steps": args.steps, "ms_per_step": 1000 * step_seconds,
             "tokens_per_sec": tokens_per_step / step_seconds,
             "tokens_per_sec_per_process": tokens_per_step / step_seconds / ctx.world_size,
             "data_ms_per_step": 1000 * data_seconds / args.steps,
             "data_share": data_seconds / args.steps / step_seconds,
-            "peak_memory_mb": peak_memory_mb(ctx.device), "flops_per_token": flops_per_token(trainer.model),
+            "stop_check_ms_per_step": 1000 * stop_seconds / args.steps,
+            "peak_memory_mb": peak_mb, "flops_per_token": flops_per_token(trainer.model),
             "peak_flops": peak, "peak_source": peak_source, "mfu": achieved / peak, "final_loss": loss,
+            **trainer.startup, "first_step_s": first_step_s, "eval_s": eval_s,
             "threads": torch.get_num_threads(),
         }
         trainer.close()
@@ -197,6 +190,7 @@ def parse_args(argv=None):
     train.add_argument("--steps", type=int, default=20, help="timed steps")
     train.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     train.add_argument("--peak-tflops", type=float, help="the device's peak, overriding the table/measurement")
+    train.add_argument("--eval", action="store_true", help="also time two evaluations (the first compiles)")
     data.add_argument("--seconds", type=float, default=3.0)
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
     prep.add_argument("--megabytes", type=int, default=64)

@@ -50,6 +50,8 @@ class ModelConfig:
     n_layers: int = 12
     drop_rate: float = 0.1
     qkv_bias: bool = False
+    bias: bool = True  # biases in the other linear layers and the LayerNorms (GPT-2's); false: none, as nanoGPT's bias=False
+    vocab_padding: str = "bias"  # how padded logits are kept out of the softmax: bias (-inf, in the head's matmul) | slice
     tie_embeddings: bool = False  # share tok_emb's matrix with out_head (OpenAI's GPT-2 does)
     init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's defaults (the book's)
     init_from: str | None = None  # start from OpenAI GPT-2 weights: gpt2-124M|355M|774M|1558M or a folder
@@ -63,9 +65,14 @@ class TrainConfig:
     epochs: int = 1
     precision: str = "auto"  # auto|fp32|bf16|fp16; auto: bf16 on CUDA that supports it, else fp32
     grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model and its loss as one graph
+    compile_mode: str = "default"  # torch.compile mode: default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs
+    float8: str | None = None  # FP8 matmuls in the blocks' linear layers (torchao): tensorwise|rowwise; docs/performance.md
     device: str = "auto"  # auto|cpu|cuda
-    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient norm
+    # Stop after this many steps in a row with a non-finite loss or gradient norm. None of them is applied; the
+    # count lives on the device and is read at the next log, eval or checkpoint: at most logging.interval - 1
+    # further steps run (and are skipped too) before the stop.
+    max_bad_steps: int = 5
     tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
     reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (see gptdist/host_memory.py)
     ddp_bucket_mb: int = 25  # DDP gradient all-reduce bucket size
@@ -139,6 +146,9 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "schedule.decay": ("cosine", "constant"),
     "model.init": ("gpt2", "torch"),
+    "model.vocab_padding": ("bias", "slice"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "train.float8": ("tensorwise", "rowwise"),
 }
 
 

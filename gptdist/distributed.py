@@ -17,7 +17,7 @@ class Dist:
     local_rank: int
     world_size: int
     device: torch.device
-    control_group: object = None  # a gloo group for CPU flags, so checking them never syncs a GPU
+    control_group: object = None  # a gloo group for CPU flags: checking them never syncs a GPU or meets DDP's traffic
 
     @property
     def is_main(self) -> bool:
@@ -57,8 +57,7 @@ def setup(device_request: str = "auto") -> Dist:
     store = dist.PrefixStore(f"gptdist/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else None
-    return Dist(rank, local_rank, world_size, device, control)
+    return Dist(rank, local_rank, world_size, device, dist.new_group(backend="gloo"))
 
 
 def teardown() -> None:
@@ -76,12 +75,21 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks of `value` (a new tensor; `value` itself when running alone)."""
+def _all_reduced(value: torch.Tensor, op) -> torch.Tensor:
+    """`value` reduced over ranks with `op` (a new tensor; `value` itself when running alone)."""
     if dist.is_available() and dist.is_initialized():
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        dist.all_reduce(value, op=op)
     return value
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    return _all_reduced(value, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum over ranks."""
+    return _all_reduced(value, dist.ReduceOp.MAX)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from . import distributed, loading, precision, shards
 from .data import TokenWindows
 from .errors import UserError, cli
 from .evaluation import evaluate_loss, perplexity
+from .loss import NextTokenLoss
 from .trainer import check_data_matches_model
 
 
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
         for split in args.splits:
             windows = TokenWindows(manifest, split, context, args.stride or context)
             batches = args.batches or -(-windows.num_samples // args.batch_size)
-            loss = evaluate_loss(model, windows, batches, args.batch_size, ctx, autocast)
+            loss = evaluate_loss(NextTokenLoss(model), windows, batches, args.batch_size, ctx, autocast)
             results[split] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 2),
                               "samples": min(windows.num_samples, batches * args.batch_size * ctx.world_size)}
             distributed.print0(f"{split}: loss {loss:.4f} | perplexity {perplexity(loss):.2f}")

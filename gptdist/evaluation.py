@@ -4,15 +4,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from . import distributed
 from .data import TokenWindows
-
-
-def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of every position's prediction of the next token."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+from .loss import IGNORE_INDEX
 
 
 def eval_indices(num_samples: int, count: int) -> np.ndarray:
@@ -21,21 +17,38 @@ def eval_indices(num_samples: int, count: int) -> np.ndarray:
     return np.linspace(0, num_samples - 1, count).round().astype(np.int64)
 
 
+def full_batch(batch: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, targets) of `batch` padded to `rows` rows, the padding's targets counting for nothing.
+
+    The loss takes tokens[:, :-1] and targets[:, 1:]: slices of (rows, context_length + 1)
+    tensors, as in a training step. Every evaluation batch then has the shape and strides of a
+    training batch, so a compiled loss compiles once for evaluation.
+    """
+    tokens = batch.new_zeros(rows, batch.shape[1])
+    targets = batch.new_full((rows, batch.shape[1]), IGNORE_INDEX)
+    tokens[: len(batch)] = targets[: len(batch)] = batch
+    return tokens, targets
+
+
 @torch.no_grad()
-def evaluate_loss(model, windows: TokenWindows, batches: int, micro_batch: int, ctx: distributed.Dist,
-                  autocast) -> float:
-    """Mean next-token loss over `batches` batches per rank, the ranks' shares summed exactly."""
-    was_training = model.training
-    model.eval()
+def evaluate_loss(loss_module: nn.Module, windows: TokenWindows, batches: int, micro_batch: int,
+                  ctx: distributed.Dist, autocast) -> float:
+    """Mean next-token loss over `batches` batches per rank, the ranks' shares summed exactly.
+
+    `loss_module` is called as (inputs, targets, reduction="sum"): a NextTokenLoss, or the
+    compiled and wrapped one that training runs.
+    """
+    was_training = loss_module.training
+    loss_module.eval()
     indices = eval_indices(windows.num_samples, batches * micro_batch * ctx.world_size)[ctx.rank :: ctx.world_size]
     totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, token count
     for start in range(0, len(indices), micro_batch):
-        batch = windows.batch(indices[start : start + micro_batch]).to(ctx.device)
+        batch = windows.batch(indices[start : start + micro_batch])
+        tokens, targets = (t.to(ctx.device) for t in full_batch(batch, micro_batch))
         with autocast:
-            logits = model(batch[:, :-1])
-        totals[0] += next_token_loss(logits, batch[:, 1:], reduction="sum").double()
+            totals[0] += loss_module(tokens[:, :-1], targets[:, 1:], reduction="sum").double()
         totals[1] += batch[:, 1:].numel()
-    model.train(was_training)
+    loss_module.train(was_training)
     totals = distributed.all_reduce_sum(totals)
     return (totals[0] / totals[1]).item()
 

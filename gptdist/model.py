@@ -23,7 +23,7 @@ class MultiHeadAttention(nn.Module):
         self.n_heads = cfg.n_heads
         self.dropout = cfg.drop_rate
         self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
-        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -41,9 +41,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, bias=cfg.bias),
             nn.GELU(approximate="tanh"),
-            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, bias=cfg.bias),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +55,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
         self.att = MultiHeadAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
@@ -75,8 +75,9 @@ class GPTModel(nn.Module):
             raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
         self.cfg = cfg
         # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs. The padded
-        # logits get a fixed -inf bias (added inside the matmul, so it costs nothing): softmax,
-        # loss and sampling then see exactly the vocab_size real tokens, as GPT-2 does.
+        # logits get a fixed -inf bias (added inside the matmul, so it costs nothing) or are sliced
+        # off (model.vocab_padding): softmax, loss and sampling then see exactly the vocab_size
+        # real tokens, as GPT-2 does.
         self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
         padding_bias = torch.zeros(self.padded_vocab)
         padding_bias[cfg.vocab_size :] = float("-inf")
@@ -85,7 +86,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
         self.out_head = nn.Linear(cfg.emb_dim, self.padded_vocab, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
@@ -121,6 +122,8 @@ class GPTModel(nn.Module):
         x = self.final_norm(self.trf_blocks(x))
         if self.padded_vocab == self.cfg.vocab_size:
             return self.out_head(x)
+        if self.cfg.vocab_padding == "slice":
+            return self.out_head(x)[..., : self.cfg.vocab_size]
         return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
 
     def num_params(self) -> int:

@@ -2,42 +2,35 @@
 
 Read `Trainer.fit` top to bottom for one optimizer step: pick this rank's samples,
 run the micro-batches (gradients synchronised only on the last), clip, step, log,
-evaluate, checkpoint. Everything stateful is in `self.states` for the checkpointer.
+evaluate, checkpoint. A step never waits for the GPU: the loss, the non-finite guard
+and the clock are read at logging intervals, evaluations and checkpoints only.
+Everything stateful is in `self.states` for the checkpointer.
 """
 
-import contextlib
-import signal
 import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, config, distributed, evaluation, gpt2, host_memory, metrics, precision, shards
 from .config import Config
 from .data import DistributedStepSampler, TokenWindows
 from .distributed import print0
 from .errors import UserError
+from .flops import device_peak, flops_per_token
+from .guard import NonFiniteGuard
 from .model import GPTModel, decay_groups
+from .parallelize import parallelize
 from .sampling import complete
 from .schedule import WarmupCosineSchedule
 from .states import Progress, RNGState
+from .stopping import StopRequest
+from .throughput import Throughput, duration
 from .tracking import WandbTracker
 
 # Keys that change the shapes of the weights: a checkpoint must match them to be resumed.
-ARCHITECTURE_KEYS = ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
-
-
-class StopRequest:
-    """SIGTERM or SIGUSR1 (preemption) sets a flag; the loop saves at the next step boundary and exits."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+ARCHITECTURE_KEYS = ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",
+                     "bias")
 
 
 def check_data_matches_model(manifest: shards.Manifest, model_cfg: config.ModelConfig) -> None:
@@ -67,6 +60,7 @@ def gpt2_folder(name: str, ctx: distributed.Dist) -> Path:
 
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
+        started = time.perf_counter()
         init_folder = gpt2_folder(cfg.model.init_from, ctx) if cfg.model.init_from else None
         if init_folder:  # continued pretraining: the architecture is the checkpoint's
             cfg.model = gpt2.model_config(init_folder, cfg.model)
@@ -78,10 +72,12 @@ class Trainer:
 
         manifest = shards.read_manifest(cfg.data.dir)
         check_data_matches_model(manifest, cfg.model)
+        verify_start = time.perf_counter()
         if cfg.data.verify:  # never train on altered data: one read per node, the other ranks wait
             if ctx.local_rank == 0:
                 shards.verify(cfg.data.dir)
             distributed.barrier()
+        self.startup = {"data_verify_s": round(time.perf_counter() - verify_start, 3)}
         stride = cfg.data.stride or cfg.model.context_length
         self.train_data = TokenWindows(manifest, "train", cfg.model.context_length, stride)
         self.val_data = TokenWindows(manifest, "val", cfg.model.context_length, stride)
@@ -117,17 +113,13 @@ class Trainer:
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
+        self.parallel = parallelize(self.model, cfg.train, ctx)  # FP8 layers, the loss, DDP, torch.compile
+        # Fused AdamW on every device: it can skip a step on the device (see guard.py), and on
+        # CPU it is also several times faster than the default foreach implementation.
         self.optimizer = torch.optim.AdamW(decay_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=cfg.optim.betas, fused=ctx.device.type == "cuda")
+                                           betas=cfg.optim.betas, fused=True)
+        self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
         self.schedule = WarmupCosineSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps)
-        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
-        self.ddp_model = self.forward_model
-        if ctx.enabled:
-            # Gradients as views into the all-reduce buckets: no copy in and out of them.
-            self.ddp_model = DistributedDataParallel(
-                self.forward_model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-                gradient_as_bucket_view=True, bucket_cap_mb=cfg.train.ddp_bucket_mb,
-            )
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
         self.states = {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
                        "schedule": self.schedule, "sampler": self.sampler, "progress": self.progress,
@@ -135,8 +127,11 @@ class Trainer:
         if resume:
             self.checkpointer.restore(resume, self.states)
         self.resumed_from = resume["path"] if resume else None
+        tokens_per_step = self.progress.global_batch * cfg.model.context_length
+        peak = device_peak(ctx.device, self.dtype)  # for MFU: a table on GPUs, measured now on a CPU
+        self.throughput = Throughput(tokens_per_step, flops_per_token(self.model), peak, ctx.world_size, self.total_steps)
         self.log = None
-        self.bad_steps = 0  # non-finite steps in a row
+        self.startup["setup_s"] = round(time.perf_counter() - started, 3)
 
     def _resume_payload(self) -> dict | None:
         mode, folder = self.cfg.checkpoint.resume, self.checkpointer.folder
@@ -157,36 +152,31 @@ class Trainer:
 
     def fit(self) -> str:
         """Train to the end (returns "done") or until a stop signal (returns its name)."""
-        cfg, ctx = self.cfg, self.ctx
-        stop = StopRequest()
+        cfg = self.cfg
+        stop = StopRequest(self.ctx)
         self._start_log()
-        last_log_time, last_log_tokens = time.perf_counter(), self.progress.tokens_seen
-        self.ddp_model.train()
+        first_step = self.progress.step + 1
+        self.throughput.start(self.progress.step)
+        self.model.train()
         while self.progress.step < self.total_steps:
             step_loss, grad_norm = self.train_step(self.next_batches())
-            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
             step = self.progress.step
             final = step == self.total_steps
 
-            if step % cfg.logging.interval == 0 or final:  # the only host sync of a step
-                loss_value = distributed.all_reduce_mean(step_loss).item()
-                now = time.perf_counter()
-                tokens_per_sec = (self.progress.tokens_seen - last_log_tokens) / (now - last_log_time)
-                last_log_time, last_log_tokens = now, self.progress.tokens_seen
-                self._log_step(loss_value, lr, grad_norm.item(), tokens_per_sec)
+            if step == first_step:
+                self._log_first_step()
+            if step % cfg.logging.interval == 0 or final:
+                self._log_step(step_loss, grad_norm)
             if step % cfg.eval.interval == 0 or final:
                 self._evaluate()
-            stopping = distributed.any_rank(stop.signal_name is not None, ctx)
+            stopping = stop.agreed()
             if step % cfg.checkpoint.interval == 0 or final or stopping:
-                if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-                    raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
-                summary = {"step": step, "epoch": self.epoch, "tokens_seen": self.progress.tokens_seen}
-                path = self.checkpointer.save(step, self.states, cfg.to_dict(), summary)
-                print0(f"saved {path}")
+                self._save(step)
             if stopping:
                 print0(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
                        "run the same command again to resume")
                 return stop.signal_name or "signal"
+        stop.finish()
         return "done"
 
     def next_batches(self) -> list[torch.Tensor]:
@@ -205,45 +195,44 @@ class Trainer:
         self.schedule.apply()
         step_loss = torch.zeros((), device=self.ctx.device)
         for micro_step, batch in enumerate(batches):
-            # DDP all-reduces gradients in backward; only the last micro-step's needs to.
-            last = micro_step == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.ctx.enabled else self.ddp_model.no_sync()
-            with sync:
+            with self.parallel.grad_sync(last_micro_step=micro_step == len(batches) - 1):
                 with self.autocast:
-                    logits = self.ddp_model(batch[:, :-1])
-                    loss = evaluation.next_token_loss(logits, batch[:, 1:])
+                    loss = self.parallel.loss(batch[:, :-1], batch[:, 1:])
                 self.scaler.scale(loss / len(batches)).backward()
             step_loss += loss.detach() / len(batches)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
-        # A non-finite step is never applied. The gradient norm is the same on every rank (the
-        # gradients are all-reduced); with fp16 the scaler skips overflowing steps itself, so
-        # there only a non-finite loss counts. Reading the flag is this step's one host sync.
-        finite = torch.isfinite(step_loss if self.scaler.is_enabled() else grad_norm)
-        if distributed.any_rank(not bool(finite), self.ctx):
-            self._skip_bad_step(step_loss, grad_norm)
-        else:
-            self.bad_steps = 0
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        # A non-finite step is never applied, decided on the device: the fused optimizer skips
+        # its update when found_inf is set (guard.py). The gradient norm is the same on every
+        # rank (the gradients are all-reduced), so every rank skips the same steps.
+        self.optimizer.found_inf = self.guard.update(grad_norm, step_loss, loss_scaling=self.scaler.is_enabled())
+        self.optimizer.step()
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         self.progress.step += 1
         self.progress.tokens_seen += self.progress.global_batch * self.cfg.model.context_length
         return step_loss, grad_norm
 
-    def _skip_bad_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.bad_steps += 1
-        step, limit = self.progress.step + 1, self.cfg.train.max_bad_steps
-        print0(f"warning: step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}; "
-               f"update skipped ({self.bad_steps} in a row, stopping at {limit})")
-        if self.bad_steps >= limit:
-            newest = checkpoint.checkpoint_paths(self.checkpointer.folder)
-            raise UserError(
-                f"training diverged: {self.bad_steps} steps in a row with a non-finite loss or gradient norm "
-                f"(up to step {step}); lower optim.lr or raise schedule.warmup_steps, then resume"
-                + (f" from {newest[-1]}" if newest else "")
-            )
+    def _check_divergence(self) -> None:
+        """Stop a run whose last train.max_bad_steps steps in a row were not finite (reads the guard: a sync)."""
+        if not self.guard.diverged(self.progress.step):
+            return
+        newest = checkpoint.checkpoint_paths(self.checkpointer.folder)
+        raise UserError(
+            f"training diverged: {self.guard.limit} steps in a row with a non-finite loss or gradient norm "
+            f"(seen at step {self.progress.step}; none of them was applied); lower optim.lr or raise "
+            "schedule.warmup_steps, then resume" + (f" from {newest[-1]}" if newest else "")
+        )
+
+    def _save(self, step: int) -> None:
+        self._check_divergence()
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):  # one sync for all the weights
+            raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
+        summary = {"step": step, "epoch": self.epoch, "tokens_seen": self.progress.tokens_seen}
+        path = self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary)
+        print0(f"saved {path}")
 
     @property
     def epoch(self) -> float:
@@ -258,39 +247,57 @@ class Trainer:
         self.tracker.start(self.out_dir)
         if self.resumed_from:
             self.log.write({"event": "resume", "step": self.progress.step, "checkpoint": self.resumed_from,
-                            "world_size": self.ctx.world_size})
+                            "world_size": self.ctx.world_size, **self.startup})
             print0(f"resumed from {self.resumed_from} at step {self.progress.step}")
             return
-        params = self.model.num_params()
-        tokens_per_step = self.progress.global_batch * self.cfg.model.context_length
+        params, tokens_per_step = self.model.num_params(), self.throughput.tokens_per_step
         self.log.write({"event": "start", "config": self.cfg.to_dict(), "world_size": self.ctx.world_size,
                         "device": str(self.ctx.device), "precision": str(self.dtype).removeprefix("torch."),
                         "parameters": params, "tokens_per_step": tokens_per_step, "grad_accum_steps": self.grad_accum,
-                        "total_steps": self.total_steps})
+                        "total_steps": self.total_steps, "peak_flops": self.throughput.peak_flops,
+                        "peak_source": self.throughput.peak_source, **self.startup})
         print0(f"training {params / 1e6:.1f}M parameters on {self.ctx.world_size} x {self.ctx.device} "
                f"({str(self.dtype).removeprefix('torch.')}), {tokens_per_step:,} tokens/step, "
                f"{self.total_steps} steps, train {self.train_data.num_samples} / val {self.val_data.num_samples} samples")
 
-    def _log_step(self, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
-        if self.log is None:
-            return
-        row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "loss": loss, "lr": lr,
-               "grad_norm": grad_norm, "tokens_seen": self.progress.tokens_seen, "tokens_per_sec": tokens_per_sec}
-        self._record(row)
-        print0(f"step {row['step']:>6}/{self.total_steps} | epoch {row['epoch']:.2f} | loss {loss:.4f} | "
-               f"lr {lr:.2e} | grad norm {grad_norm:.3f} | {tokens_per_sec:,.0f} tokens/s")
+    def _log_first_step(self) -> None:
+        """The time to the first step (compilation, warm-up): waits for the device, once per run."""
+        seconds = self.throughput.first_step_done(self.ctx.device)
+        if self.log is not None:
+            self.log.write({"event": "first_step", "step": self.progress.step, "seconds": round(seconds, 3),
+                            "compile": self.cfg.train.compile})
+        print0(f"first step done in {seconds:.1f} s" + (" (compiling the model and its loss)" if self.cfg.train.compile else ""))
+
+    def _log_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Read the step's loss and gradient norm (the loop's host sync), log them, stop a diverged run."""
+        loss = distributed.all_reduce_mean(step_loss).item()
+        row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "loss": loss,
+               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+               "tokens_seen": self.progress.tokens_seen, **self.throughput.measure(self.progress.step)}
+        if self.log is not None:
+            self._record(row)
+            print0(f"step {row['step']:>6}/{self.total_steps} | epoch {row['epoch']:.2f} | loss {loss:.4f} | "
+                   f"lr {row['lr']:.2e} | grad norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tokens/s | "
+                   f"mfu {100 * row['mfu']:.1f}% | eta {duration(row['eta_s'])}")
+        self._check_divergence()
+
+    def evaluate(self) -> tuple[float, float]:
+        """Train and val loss on eval.batches batches of each split, through the compiled training loss."""
+        batches, micro = self.cfg.eval.batches, self.cfg.train.micro_batch_size
+        return tuple(evaluation.evaluate_loss(self.parallel.loss, windows, batches, micro, self.ctx, self.autocast)
+                     for windows in (self.train_data, self.val_data))
 
     def _evaluate(self) -> None:
-        batches, micro = self.cfg.eval.batches, self.cfg.train.micro_batch_size
-        train_loss = evaluation.evaluate_loss(self.forward_model, self.train_data, batches, micro, self.ctx, self.autocast)
-        val_loss = evaluation.evaluate_loss(self.forward_model, self.val_data, batches, micro, self.ctx, self.autocast)
+        start = time.perf_counter()
+        train_loss, val_loss = self.evaluate()
         if self.log is None:
             return
         row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "tokens_seen": self.progress.tokens_seen,
-               "train_loss": train_loss, "val_loss": val_loss, "val_ppl": evaluation.perplexity(val_loss)}
+               "train_loss": train_loss, "val_loss": val_loss, "val_ppl": evaluation.perplexity(val_loss),
+               "eval_s": round(time.perf_counter() - start, 3)}
         self._record(row)
         print0(f"eval step {row['step']}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | "
-               f"val perplexity {row['val_ppl']:.2f}")
+               f"val perplexity {row['val_ppl']:.2f} | {row['eval_s']:.1f} s")
         if metrics.plot_losses(self.log.path, self.out_dir / "loss.png"):
             self.tracker.log_plot(self.out_dir / "loss.png", self.progress.step)
         sample = self.cfg.sample

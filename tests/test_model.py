@@ -1,9 +1,10 @@
 import math
 
+import pytest
 import torch
 
 from gptdist.config import PRESETS, ModelConfig
-from gptdist.evaluation import next_token_loss
+from gptdist.loss import next_token_loss
 from gptdist.model import GPTModel, decay_groups
 
 
@@ -23,23 +24,39 @@ def test_gpt2_small_has_the_books_parameter_count():
     assert with_tied_head == 124_412_160
 
 
-def test_padded_vocabulary_never_reaches_loss_or_sampling():
+@pytest.mark.parametrize("padding", ["bias", "slice"])
+def test_padded_vocabulary_never_reaches_loss_or_sampling(padding):
     torch.manual_seed(0)
-    cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0)
+    cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0, vocab_padding=padding)
     model = GPTModel(cfg).eval()
     assert model.tok_emb.weight.shape[0] == model.out_head.weight.shape[0] == 50304
     tokens = torch.randint(0, 50257, (2, 8))
     logits = model(tokens)
-    assert logits.shape == (2, 8, 50304) and torch.isneginf(logits[..., 50257:]).all()
+    if padding == "bias":
+        assert logits.shape == (2, 8, 50304) and torch.isneginf(logits[..., 50257:]).all()
+        logits = logits[..., :50257]
+    assert logits.shape == (2, 8, 50257)
     unpadded = GPTModel(ModelConfig(**{**vars(cfg), "vocab_multiple": 1})).eval()
     state = {k: (v[:50257] if k in ("tok_emb.weight", "out_head.weight") else v) for k, v in model.state_dict().items()}
     unpadded.load_state_dict(state)
-    assert torch.allclose(unpadded(tokens), logits[..., :50257], atol=1e-6)
+    assert torch.allclose(unpadded(tokens), logits, atol=1e-6)
     targets = torch.randint(0, 50257, (2, 8))
     loss = next_token_loss(logits, targets)
     assert torch.allclose(loss, next_token_loss(unpadded(tokens), targets), atol=1e-6)
     loss.backward()
     assert torch.isfinite(model.out_head.weight.grad).all() and model.out_head.weight.grad[50257:].abs().sum() == 0
+
+
+def test_without_bias_only_the_qkv_projection_may_have_one():
+    with torch.device("meta"):
+        plain = GPTModel(ModelConfig(**PRESETS["gpt2-small"], bias=False))
+        with_qkv = GPTModel(ModelConfig(**PRESETS["gpt2-small"], bias=False, qkv_bias=True))
+        biased = GPTModel(ModelConfig(**PRESETS["gpt2-small"]))
+    assert not [name for name, _ in plain.named_parameters() if name.endswith("bias")]
+    assert {name.split(".", 2)[2] for name, _ in with_qkv.named_parameters() if name.endswith("bias")} == {"att.qkv.bias"}
+    # per block: out_proj, two MLP layers and two LayerNorms lose their biases; and the final LayerNorm
+    removed = 12 * (768 + 3072 + 768 + 2 * 768) + 768
+    assert biased.num_params() - plain.num_params() == removed
 
 
 def test_causal_attention_ignores_the_future():

@@ -93,8 +93,8 @@ def test_diverging_run_stops_clearly_and_never_saves_non_finite_weights(tmp_path
     result = train(1, verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50",
                    "train.max_bad_steps=3", "checkpoint.interval=1", "schedule.warmup_steps=0")
     assert result.returncode == 2
-    assert "training diverged: 3 steps in a row with a non-finite loss or gradient norm" in result.stderr
-    assert "update skipped" in result.stdout and "Traceback" not in result.stderr
+    assert "training diverged: 3 steps in a row with a non-finite loss or gradient norm (seen at step 4" in result.stderr
+    assert "1 update(s) skipped up to step 4" in result.stdout and "Traceback" not in result.stderr
     for path in checkpoint.checkpoint_paths(out / "checkpoints"):
         assert all(torch.isfinite(t).all() for t in checkpoint.read(path)["model"].values())
 

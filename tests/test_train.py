@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_module, torchrun_command, train_args
+from conftest import REPO, child_pids, run_module, torchrun_command, train_args
 
 from gptdist import checkpoint
 
@@ -37,10 +37,16 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     records = rows(out)
     start = records[0]
     assert start["event"] == "start" and start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 32
+    assert start["setup_s"] >= start["data_verify_s"] >= 0
+    first_step = [r for r in records if r.get("event") == "first_step"]
+    assert len(first_step) == 1 and first_step[0]["step"] == 1 and first_step[0]["seconds"] > 0
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
-    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_sec"} <= set(steps[0])
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_sec", "mfu", "eta_s"} <= set(steps[0])
+    assert all(0 < r["mfu"] < 1 for r in steps) and all(r["eval_s"] > 0 for r in evals)
+    assert steps[-1]["eta_s"] == 0 and steps[0]["eta_s"] > steps[len(steps) // 2]["eta_s"] > 0
     assert steps[-1]["step"] == start["total_steps"] and steps[-1]["epoch"] == pytest.approx(6.0)
+    assert "| mfu " in result.stdout and "| eta " in result.stdout
     assert evals[0]["train_loss"] > evals[-1]["train_loss"] + 2.0  # it learns
     assert evals[-1]["val_ppl"] == pytest.approx(2.718281828 ** evals[-1]["val_loss"], rel=1e-6)
     assert (out / "config.yaml").is_file() and (out / "loss.png").stat().st_size > 1000
@@ -83,13 +89,14 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
 
 
 @pytest.mark.slow
-def test_gradients_are_equal_across_ranks(tmp_path, verdict_data):
+@pytest.mark.parametrize("compiled", [[], ["compile"]], ids=["eager", "compiled"])
+def test_accumulated_ddp_gradients_equal_one_process(tmp_path, verdict_data, compiled):
     script = REPO / "tests" / "dist_grad_check.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data)], capture_output=True,
+    result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *compiled], capture_output=True,
                             text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "gradients equal on 2 ranks" in result.stdout
+    assert "gradients equal on 2 ranks and to one process's" in result.stdout
 
 
 def test_single_process_run_without_torchrun(tmp_path, verdict_data):
@@ -125,6 +132,29 @@ def test_checkpoints_of_another_architecture_are_refused(tmp_path, verdict_data)
     result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "model.n_layers=2"))
     assert result.returncode == 2 and "another architecture (model.n_layers: 1 there, 2 here)" in result.stderr
     assert sorted(p.read_bytes() for p in (out / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000",
+                      "eval.interval=100000")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").exists() or '"step": 3,' not in (out / "metrics.jsonl").read_text():
+        assert agent.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    workers = child_pids(agent.pid)
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGUSR1)  # one worker only: the other learns it from the agreement
+    stdout, stderr = agent.communicate(timeout=300)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert "stopped by" in stdout
+    saved = checkpoint.checkpoint_paths(out / "checkpoints")
+    assert len(saved) == 1 and checkpoint.step_of(saved[0]) >= 3
+    assert len(checkpoint.read(saved[0])["rng"]["ranks"]) == 2  # both ranks took part in the final save
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

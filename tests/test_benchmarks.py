@@ -1,0 +1,46 @@
+"""benchmarks/gpu.sh on a CPU with tiny models: every row, ratio and curve it writes, ready for a GPU."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import REPO, SHARED
+
+NANOGPT = SHARED / "anchors" / "nanoGPT"
+TINY_GPTDIST = ("train.device=cpu train.precision=fp32 train.compile=false model.n_layers=1 model.emb_dim=64 "
+                "model.n_heads=2 model.context_length=64")
+TINY_NANOGPT = "--device cpu --dtype float32 --no-compile --n-layer 1 --n-embd 64 --n-head 2 --block-size 64"
+
+
+@pytest.mark.slow
+def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_and_the_fp8_curves(tmp_path, download_cache):
+    if not (NANOGPT / "model.py").is_file():
+        pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
+    pytest.importorskip("torchao")
+    results = tmp_path / "results.jsonl"
+    env = {**os.environ, "RESULTS": str(results), "BENCH_STEPS": "--steps 2 --warmup 1", "OMP_NUM_THREADS": "1",
+           "GPTDIST_ARGS": TINY_GPTDIST, "NANOGPT_ARGS": TINY_NANOGPT, "GPTDIST_CACHE": str(download_cache),
+           "CURVE_STEPS": "30"}
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "compare", "shipped", "fp8"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    runs = {(r["shape"], r["label"]): r for r in rows if "tokens_per_sec" in r}
+    shapes = ["124M mb16", "124M mb32", "124M mb64", "355M mb16"]
+    assert set(runs) == {(s, p) for s in shapes for p in ("gptdist", "nanogpt")} | {
+        ("shipped 124M", "gptdist torchrun"), ("355M mb16", "gptdist float8=tensorwise"),
+        ("355M mb16", "gptdist float8=rowwise")}
+    assert not [r for r in rows if "error" in r]
+    for run in runs.values():
+        assert run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1 and run["peak_memory_mb"] > 0
+        assert run["gpu"] and run["torch"]
+    ratios = {(r["shape"], r["label"]): r["ratio"] for r in rows if r["label"].startswith("ratio ")}
+    assert set(ratios) == {(s, "ratio gptdist / nanogpt") for s in shapes} | {
+        ("shipped 124M", "ratio gptdist torchrun / best single process"),
+        ("355M mb16", "ratio gptdist float8=tensorwise / gptdist"), ("355M mb16", "ratio gptdist float8=rowwise / gptdist")}
+    assert ratios[("124M mb16", "ratio gptdist / nanogpt")] == pytest.approx(
+        runs[("124M mb16", "gptdist")]["tokens_per_sec"] / runs[("124M mb16", "nanogpt")]["tokens_per_sec"], rel=1e-3)
+    (curves,) = [r["losses"] for r in rows if r["label"] == "loss curves"]
+    assert set(curves) == {"bf16", "tensorwise"} and len(curves["bf16"]) == len(curves["tensorwise"]) == 3
+    assert "| 124M mb16 | gptdist |" in result.stdout  # the table for docs/performance.md
