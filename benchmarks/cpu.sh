@@ -16,7 +16,7 @@ for round in 1 2 3; do  # alternate, so that drift in the machine hits both alik
 done
 record "off: reuse_host_memory" python -m gptdist.bench train --config $CFG --steps 10 train.reuse_host_memory=false
 record "off: vocab padding" python -m gptdist.bench train --config $CFG --steps 10 model.vocab_multiple=1
-record "on: compile" python -m gptdist.bench train --config $CFG --steps 10 --warmup 3 train.compile=true
+record "on: compile" python -m gptdist.bench train --config $CFG --steps 10 --warmup 3 --eval train.compile=true
 record "ddp 2 processes" torchrun --standalone --nproc_per_node=2 -m gptdist.bench train --config $CFG --steps 10
 record "ddp 2 processes, 25 MB buckets" torchrun --standalone --nproc_per_node=2 -m gptdist.bench train --config $CFG --steps 10 train.ddp_bucket_mb=25
 

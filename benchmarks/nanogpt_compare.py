@@ -1,12 +1,16 @@
-"""Time nanoGPT's training step (its train.py loop) on the shape gptdist's CPU benchmark uses.
+"""Time nanoGPT's training step (its train.py loop) on the shape of one of gptdist's benchmarks.
 
     python benchmarks/nanogpt_compare.py --nanogpt-dir PATH/TO/nanoGPT --data data/verdict --steps 20
-    python -m gptdist.bench train --config configs/bench-cpu-small.yaml --steps 20
+    python benchmarks/nanogpt_compare.py --nanogpt-dir PATH --data DIR --device cuda --compile \\
+        --block-size 1024 --batch-size 16 --log-interval 10
 
 nanoGPT is not part of gptdist: point --nanogpt-dir at a checkout of it (its model.py is imported).
-The loop is train.py's for one process on a CPU: get_batch from a uint16 memmap (gptdist's
-shards are that format), forward with targets, backward, clip 1.0, AdamW step, zero_grad.
-Prints one JSON line with tokens/s.
+The loop is train.py's for one process: get_batch from a uint16 memmap (gptdist's shards are that
+format; on CUDA pinned and copied asynchronously, the next batch fetched while the GPU computes),
+forward with targets under autocast, backward, clip 1.0, AdamW step (fused on CUDA, as nanoGPT
+chooses), zero_grad, and the loss read on the host every --log-interval steps (train.py's default
+is 1; its config/train_gpt2.py uses 10). Prints one JSON line: tokens/s, MFU (computed as
+gptdist computes it), peak memory, the device and the torch version.
 """
 
 import argparse
@@ -17,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from gptdist.bench import device_name, peak_memory_mb
+from gptdist.flops import device_peak
+from gptdist.throughput import synchronize
 
 
 def main() -> None:
@@ -30,37 +38,75 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=384)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                        help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU, as train.py)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the model (train.py's default)")
+    parser.add_argument("--log-interval", type=int, default=1, help="read the loss on the host every N steps")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.nanogpt_dir).resolve()))
     from model import GPT, GPTConfig  # nanoGPT's
 
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.manual_seed(1337)
     shard = Path(args.data) / "train-00000.bin"
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                        bias=False, vocab_size=50304, dropout=0.0)
-    model = GPT(config)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
+    model = GPT(config).to(device)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+    raw_model = model
+    if args.compile:
+        model = torch.compile(model)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def get_batch():  # as nanoGPT's train.py: a new memmap every batch
         data = np.memmap(shard, dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - args.block_size, (args.batch_size,))
         x = torch.stack([torch.from_numpy(data[i : i + args.block_size].astype(np.int64)) for i in ix])
         y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + args.block_size].astype(np.int64)) for i in ix])
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x, y
 
+    peak, peak_source = device_peak(device, dtype)  # before the run, as gptdist's trainer measures it
+    x, y = get_batch()
+    start = time.perf_counter()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-        x, y = get_batch()
-        _, loss = model(x, y)
+        with autocast:
+            _, loss = model(x, y)
+        x, y = get_batch()  # fetched while the GPU computes, as train.py does
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if step % args.log_interval == 0:
+            loss.item()  # train.py's host sync: it prints the loss
+        if step == 0:
+            synchronize(device)
+            first_step_s = round(time.perf_counter() - start, 3)
+    final_loss = loss.item()
     seconds = (time.perf_counter() - start) / args.steps
     tokens = args.batch_size * args.block_size
-    print(json.dumps({"benchmark": "nanogpt", "ms_per_step": 1000 * seconds, "tokens_per_sec": tokens / seconds,
-                      "loss": loss.item(), "threads": torch.get_num_threads()}))
+    # The FLOPs per token as gptdist counts them: nanoGPT's get_num_params() leaves out the position
+    # embedding and counts the tied token embedding once, as the head: gptdist's matmul parameters.
+    flops_per_token = 6 * raw_model.get_num_params() + 12 * args.n_layer * args.block_size * args.n_embd
+    print(json.dumps({
+        "benchmark": "nanogpt", "device": str(device), "gpu": device_name(device), "torch": torch.__version__,
+        "precision": str(dtype).removeprefix("torch."), "compile": args.compile,
+        "micro_batch_size": args.batch_size, "context_length": args.block_size, "n_layer": args.n_layer,
+        "ms_per_step": 1000 * seconds, "tokens_per_sec": tokens / seconds,
+        "mfu": tokens / seconds * flops_per_token / peak, "peak_source": peak_source,
+        "peak_memory_mb": peak_memory_mb(device),
+        "first_step_s": first_step_s, "log_interval": args.log_interval, "loss": final_loss,
+        "threads": torch.get_num_threads(),
+    }))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/performance.md: gptdist and nanoGPT's model side by side on one GPU.
+#   bash benchmarks/gpu.sh NANOGPT_DIR [PART ...]      (from the repository root; default: compare shipped)
+# NANOGPT_DIR is a nanoGPT checkout (its model.py is imported). PARTs, each a few minutes (every run
+# compiles for 20-40 s); a session with a 10-minute limit runs them one call each:
+#   compare  GPT-2 124M at micro-batch 16, 32 and 64, 355M at 16: nanoGPT and gptdist alternating
+#   shipped  configs/gutenberg-gpt2-124m.yaml as shipped, under torchrun --nproc_per_node=1
+#   modes    torch.compile modes (max-autotune, CUDA graphs) and no compile, 124M at micro-batch 32
+#   model    model options, 124M at micro-batch 32: biases on, padded logits sliced, no padding, tied head
+#   fp8      FP8 matmuls (torchao) on 355M at micro-batch 16: speed, and a loss curve beside bf16 where
+#            a corpus can be prepared (The Verdict in $GPTDIST_CACHE, tiktoken's files in $TIKTOKEN_CACHE_DIR)
+#   all      every part
+# Every run appends one JSON row to benchmarks/results-gpu.jsonl (RESULTS overrides): label, shape,
+# tokens_per_sec, mfu, peak_memory_mb, gpu, torch (or the error it ended with). Then
+# benchmarks/gpu_report.py adds a ratio row per shape and prints the table. The timing data are
+# 50M random token ids (benchmarks/synthetic_shards.py): no network needed.
+# GPTDIST_ARGS and NANOGPT_ARGS are appended to every gptdist and nanoGPT run, BENCH_STEPS replaces
+# "--steps 30 --warmup 8", CURVE_STEPS the 150 steps of the loss curves: tests/test_benchmarks.py
+# runs the script on a CPU with tiny models this way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|all ...]}
+shift
+PARTS=${*:-compare shipped}
+[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8"
+OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+python benchmarks/synthetic_shards.py --tokens 50000000 --out "$TMP/tokens"
+SMALL=configs/gutenberg-gpt2-124m.yaml
+MEDIUM=configs/gutenberg-gpt2-medium.yaml
+read -r -a STEPS <<<"${BENCH_STEPS:---steps 30 --warmup 8}"
+read -r -a GPTDIST_EXTRA <<<"${GPTDIST_ARGS:-}"
+read -r -a NANOGPT_EXTRA <<<"${NANOGPT_ARGS:-}"
+
+# record SHAPE LABEL COMMAND...: run it; append its JSON line tagged with shape and label, or its error
+record() {
+  local shape=$1 label=$2
+  shift 2
+  echo "== $shape: $label" >&2
+  if "$@" >"$TMP/log" 2>&1; then
+    grep '^{' "$TMP/log" | tail -1 | python benchmarks/gpu_report.py --tag "$shape" "$label" | tee -a "$OUT"
+  else
+    tail -c 600 "$TMP/log" | python benchmarks/gpu_report.py --error "$shape" "$label" | tee -a "$OUT"
+  fi
+}
+gptdist() {
+  python -m gptdist.bench train --config "$1" "${STEPS[@]}" data.dir="$TMP/tokens" train.grad_accum_steps=1 "${@:2}" \
+    "${GPTDIST_EXTRA[@]}"
+}
+nanogpt() {
+  python benchmarks/nanogpt_compare.py --nanogpt-dir "$NANOGPT_DIR" --data "$TMP/tokens" --device cuda --compile \
+    --block-size 1024 --log-interval 10 "${STEPS[@]}" "$@" "${NANOGPT_EXTRA[@]}"
+}
+NANO_124M=(--n-layer 12 --n-head 12 --n-embd 768)
+NANO_355M=(--n-layer 24 --n-head 16 --n-embd 1024)
+
+for part in $PARTS; do
+  case $part in
+    compare)  # the order flips from shape to shape, so that drift in the machine hits both alike
+      record "124M mb16" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 16
+      record "124M mb16" gptdist gptdist $SMALL train.micro_batch_size=16
+      record "124M mb32" gptdist gptdist $SMALL train.micro_batch_size=32
+      record "124M mb32" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 32
+      record "124M mb64" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 64
+      record "124M mb64" gptdist gptdist $SMALL train.micro_batch_size=64
+      record "355M mb16" gptdist gptdist $MEDIUM train.micro_batch_size=16
+      record "355M mb16" nanogpt nanogpt "${NANO_355M[@]}" --batch-size 16 ;;
+    shipped)
+      record "shipped 124M" "gptdist torchrun" torchrun --standalone --nproc_per_node=1 -m gptdist.bench train \
+        --config $SMALL "${STEPS[@]}" data.dir="$TMP/tokens" "${GPTDIST_EXTRA[@]}" ;;
+    modes)
+      record "124M mb32" gptdist gptdist $SMALL train.micro_batch_size=32
+      for mode in max-autotune-no-cudagraphs reduce-overhead max-autotune; do
+        record "124M mb32" "gptdist compile_mode=$mode" gptdist $SMALL train.micro_batch_size=32 train.compile_mode=$mode
+      done
+      record "124M mb32" "gptdist compile=false" gptdist $SMALL train.micro_batch_size=32 train.compile=false ;;
+    model)
+      record "124M mb32" gptdist gptdist $SMALL train.micro_batch_size=32
+      for option in model.bias=true model.vocab_padding=slice model.vocab_multiple=1 model.tie_embeddings=true; do
+        record "124M mb32" "gptdist $option" gptdist $SMALL train.micro_batch_size=32 $option
+      done ;;
+    fp8)
+      record "355M mb16" gptdist gptdist $MEDIUM train.micro_batch_size=16
+      for recipe in tensorwise rowwise; do
+        record "355M mb16" "gptdist float8=$recipe" gptdist $MEDIUM train.micro_batch_size=16 train.float8=$recipe
+      done
+      if python -c "from pathlib import Path; from gptdist import bench, tokenizer; tokenizer.gpt2_encoding()
+bench.synthetic_corpus(Path('$TMP/text'), 32)" 2>/dev/null; then  # 32 MB of The Verdict's paragraphs
+        python -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
+        for recipe in null tensorwise; do
+          python -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \
+            train.micro_batch_size=16 train.grad_accum_steps=1 train.max_steps="${CURVE_STEPS:-150}" \
+            logging.interval=10 eval.interval=1000 checkpoint.interval=1000 schedule.warmup_steps=20 \
+            train.float8=$recipe "${GPTDIST_EXTRA[@]}" >/dev/null 2>&1
+        done
+        python benchmarks/gpu_report.py --curves "355M mb16" "$TMP/curve-null" "$TMP/curve-tensorwise" | tee -a "$OUT"
+      else
+        echo "fp8: no loss curve: The Verdict or tiktoken's files are not cached here" >&2
+      fi ;;
+    *) echo "unknown part $part (compare, shipped, modes, model, fp8, all)" >&2; exit 2 ;;
+  esac
+done
+python benchmarks/gpu_report.py "$OUT"

@@ -1,0 +1,96 @@
+"""The rows of benchmarks/gpu.sh: tag a run's JSON line, and turn the runs into ratios and a table.
+
+    python benchmarks/gpu_report.py benchmarks/results-gpu.jsonl      ratio rows (rewritten) + a markdown table
+    ... | python benchmarks/gpu_report.py --tag SHAPE LABEL           a run's JSON line with shape and label
+    ... | python benchmarks/gpu_report.py --error SHAPE LABEL         a failed run's row, from its last output
+    python benchmarks/gpu_report.py --curves SHAPE RUN_A RUN_B        the loss curves of two training runs
+
+Ratios, per shape (the newest row of each label counts): gptdist / nanoGPT tokens/s and peak
+memory; each option's run / the plain gptdist run of its shape; the shipped config under
+torchrun / the best single-process gptdist run of the same model.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+KEPT = ("tokens_per_sec", "mfu", "peak_memory_mb", "ms_per_step", "first_step_s", "gpu", "torch")
+
+
+def tag(shape: str, label: str) -> None:
+    row = json.loads(sys.stdin.read())
+    print(json.dumps({"label": label, "shape": shape, **row}))
+
+
+def error(shape: str, label: str) -> None:
+    lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    print(json.dumps({"label": label, "shape": shape, "error": lines[-1] if lines else "failed"}))
+
+
+def curves(shape: str, *runs: str) -> None:
+    losses = {}
+    for run in runs:
+        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        start = rows[0]["config"]
+        losses[start["train"]["float8"] or "bf16"] = {r["step"]: round(r["loss"], 4) for r in rows if "loss" in r}
+    print(json.dumps({"label": "loss curves", "shape": shape, "losses": losses}))
+
+
+def newest_runs(runs: list[dict]) -> dict[tuple[str, str], dict]:
+    """The newest row of each (shape, label): a part run again replaces its figures."""
+    return {(r["shape"], r["label"]): r for r in runs}
+
+
+def ratio_rows(runs: list[dict]) -> list[dict]:
+    newest = {key: r for key, r in newest_runs(runs).items() if "tokens_per_sec" in r}
+    ratios = []
+    for (shape, label), row in newest.items():
+        if label == "nanogpt":
+            continue
+        if label == "gptdist":
+            base, against = newest.get((shape, "nanogpt")), "nanogpt"
+        elif shape.startswith("shipped "):
+            model = shape.removeprefix("shipped ")
+            plain = [r for (s, lab), r in newest.items() if lab == "gptdist" and s.startswith(model + " ")]
+            base, against = max(plain, key=lambda r: r["tokens_per_sec"], default=None), "best single process"
+        else:
+            base, against = newest.get((shape, "gptdist")), "gptdist"
+        if base is None:
+            continue
+        ratios.append({"label": f"ratio {label} / {against}", "shape": shape,
+                       "ratio": round(row["tokens_per_sec"] / base["tokens_per_sec"], 4),
+                       "memory_ratio": round(row["peak_memory_mb"] / base["peak_memory_mb"], 4),
+                       "gpu": row.get("gpu"), "torch": row.get("torch")})
+    return ratios
+
+
+def report(path: Path) -> None:
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    runs = [r for r in runs if not r["label"].startswith("ratio ")]
+    ratios = ratio_rows(runs)
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs + ratios))
+    print("| shape | run | tokens/s | MFU | peak memory | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    by_run = {(r["shape"], r["label"].split(" / ")[0].removeprefix("ratio ")): r for r in ratios}
+    for r in newest_runs(runs).values():
+        if "error" in r:
+            print(f"| {r['shape']} | {r['label']} | failed: {r['error'][:80]} | | | |")
+        elif "tokens_per_sec" in r:
+            ratio = by_run.get((r["shape"], r["label"]))
+            shown = f"**{ratio['ratio']:.2f}x** {ratio['label'].split(' / ')[1]}" if ratio else ""
+            print(f"| {r['shape']} | {r['label']} | {r['tokens_per_sec'] / 1e3:,.0f}K | {100 * r['mfu']:.1f}% | "
+                  f"{r['peak_memory_mb'] / 1024:.1f} GB | {shown} |")
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] in ("--tag", "--error", "--curves"):
+        {"--tag": tag, "--error": error, "--curves": curves}[args[0]](*args[1:])
+    elif len(args) == 1:
+        report(Path(args[0]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
