@@ -137,11 +137,3 @@ class GPTModel(nn.Module):
         lookups = self.pos_emb.weight.numel() + (0 if self.cfg.tie_embeddings else self.tok_emb.weight.numel())
         return self.num_params() - lookups
 
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on matrices (>= 2 dims) only, not on biases or norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]

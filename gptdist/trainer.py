@@ -19,7 +19,8 @@ from .distributed import print0
 from .errors import UserError
 from .flops import device_peak, flops_per_token
 from .guard import NonFiniteGuard
-from .model import GPTModel, decay_groups
+from .model import GPTModel
+from .optimizer import adamw
 from .parallelize import parallelize
 from .sampling import complete
 from .schedule import WarmupCosineSchedule
@@ -42,9 +43,11 @@ def check_data_matches_model(manifest: shards.Manifest, model_cfg: config.ModelC
 
 
 def check_architecture(saved: dict, model_cfg: config.ModelConfig, source: str) -> None:
+    # A key missing from an older checkpoint's config was not an option then: the default is what it had.
+    saved = {**vars(config.ModelConfig()), **saved}
     current = vars(model_cfg)
-    different = [f"model.{k}: {saved.get(k)!r} there, {current[k]!r} here" for k in ARCHITECTURE_KEYS
-                 if saved.get(k) != current[k]]
+    different = [f"model.{k}: {saved[k]!r} there, {current[k]!r} here" for k in ARCHITECTURE_KEYS
+                 if saved[k] != current[k]]
     if different:
         raise UserError(f"{source} holds a checkpoint of another architecture ({'; '.join(different)}); "
                         "use another run.out_dir or the checkpoint's model settings")
@@ -114,10 +117,7 @@ class Trainer:
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
         self.parallel = parallelize(self.model, cfg.train, ctx)  # FP8 layers, the loss, DDP, torch.compile
-        # Fused AdamW on every device: it can skip a step on the device (see guard.py), and on
-        # CPU it is also several times faster than the default foreach implementation.
-        self.optimizer = torch.optim.AdamW(decay_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=cfg.optim.betas, fused=True)
+        self.optimizer = adamw(self.model, cfg.optim)  # fused: it skips non-finite steps on the device
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
         self.schedule = WarmupCosineSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps)
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream

@@ -5,7 +5,8 @@ import torch
 
 from gptdist.config import PRESETS, ModelConfig
 from gptdist.loss import next_token_loss
-from gptdist.model import GPTModel, decay_groups
+from gptdist.model import GPTModel
+from gptdist.optimizer import decay_groups
 
 
 def test_loss_at_initialisation_is_near_uniform():

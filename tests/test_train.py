@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, child_pids, run_module, torchrun_command, train_args
 
 from gptdist import checkpoint
+from gptdist.errors import UserError
 
 
 def final_model(out_dir):
@@ -155,6 +156,16 @@ def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_
     saved = checkpoint.checkpoint_paths(out / "checkpoints")
     assert len(saved) == 1 and checkpoint.step_of(saved[0]) >= 3
     assert len(checkpoint.read(saved[0])["rng"]["ranks"]) == 2  # both ranks took part in the final save
+
+
+def test_a_checkpoint_from_before_model_bias_resumes_and_bias_is_an_architecture_key():
+    from gptdist.config import ModelConfig
+    from gptdist.trainer import check_architecture
+
+    older = {k: v for k, v in vars(ModelConfig()).items() if k != "bias"}  # written before model.bias existed
+    check_architecture(older, ModelConfig(), "old.pt")
+    with pytest.raises(UserError, match=r"another architecture \(model.bias: True there, False here\)"):
+        check_architecture(older, ModelConfig(bias=False), "old.pt")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

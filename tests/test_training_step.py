@@ -102,6 +102,24 @@ def test_guard_skips_bad_steps_on_the_device_and_every_step_after_the_limit():
     assert guard.diverged(len(norms))
 
 
+def test_an_unfused_optimizer_state_loads_into_the_fused_adamw_and_skips_on_the_device():
+    from gptdist.optimizer import adamw, decay_groups
+
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(emb_dim=32, n_heads=2, n_layers=1, context_length=8))
+    older = torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-3, foreach=True)  # as gptdist saved on CPU before
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    older.step()
+    optimizer = adamw(model, config.OptimConfig())
+    optimizer.load_state_dict(older.state_dict())
+    assert all(group["fused"] for group in optimizer.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.found_inf = torch.ones(())
+    optimizer.step()  # skipped, not refused
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
 def test_guard_counts_only_non_finite_losses_when_the_loss_is_scaled():
     # fp16: the scaler's overflows (inf gradients) are skipped but are no sign of divergence
     guard = NonFiniteGuard(max_bad_steps=2, device=torch.device("cpu"))
