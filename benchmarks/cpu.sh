@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU figure of docs/performance.md, one JSON line each, into benchmarks/results-cpu.jsonl.
 #   bash benchmarks/cpu.sh [NANOGPT_DIR]      (run from the repository root, on an idle machine)
+# ROUNDS (default 3) sets how many alternating nanoGPT/gptdist pairs run: more on a noisy machine.
 # Needs data/verdict (python -m gptdist.prepare --dataset verdict --out data/verdict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ CFG=configs/bench-cpu-small.yaml
 : >"$OUT"
 record() { local label=$1; shift; "$@" 2>/dev/null | grep '^{' | sed "s/^{/{\"label\": \"$label\", /" | tee -a "$OUT"; }
 
-for round in 1 2 3; do  # alternate, so that drift in the machine hits both alike
+for round in $(seq "${ROUNDS:-3}"); do  # alternate, so that drift in the machine hits both alike
   [ -z "$NANOGPT_DIR" ] || record "nanogpt" python benchmarks/nanogpt_compare.py --nanogpt-dir "$NANOGPT_DIR" --data data/verdict --steps 10
   record "gptdist" python -m gptdist.bench train --config $CFG --steps 10
 done
