@@ -61,7 +61,8 @@ def model_config(folder: Path, base: config.ModelConfig | None = None) -> config
         arch["context_length"] = base.context_length
     else:
         raise UserError(f"model.context_length {base.context_length} exceeds GPT-2's {arch['context_length']}")
-    return config.ModelConfig(**{**vars(base), **arch, "preset": None, "qkv_bias": True, "bias": True, "tie_embeddings": True})
+    openai = {"preset": None, "qkv_bias": True, "bias": True, "tie_embeddings": True}  # how GPT-2 was built
+    return config.ModelConfig(**{**vars(base), **arch, **openai})
 
 
 def _tf_variables(folder: Path) -> dict[str, np.ndarray]:
