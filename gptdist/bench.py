@@ -10,7 +10,6 @@ Each prints a table and one JSON line. MFU is computed as training logs it (gptd
 --peak-tflops overrides) or, on a CPU, a matmul timed on the spot in the run's dtype.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import config, corpus, distributed
+from .arguments import ArgumentParser, non_negative_int, positive_float, positive_int
 from .errors import cli
 from .flops import flops_per_token
 from .throughput import synchronize
@@ -180,21 +180,21 @@ def print_table(result: dict) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="gptdist.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="gptdist.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     train = sub.add_parser("train", help="the training step of a config")
     data = sub.add_parser("data", help="the data loader alone")
     for p in (train, data):
         p.add_argument("--config", required=True)
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    train.add_argument("--steps", type=int, default=20, help="timed steps")
-    train.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
-    train.add_argument("--peak-tflops", type=float, help="the device's peak, overriding the table/measurement")
+    train.add_argument("--steps", type=positive_int, default=20, help="timed steps")
+    train.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (compilation, allocator)")
+    train.add_argument("--peak-tflops", type=positive_float, help="the device's peak, overriding the table/measurement")
     train.add_argument("--eval", action="store_true", help="also time two evaluations (the first compiles)")
-    data.add_argument("--seconds", type=float, default=3.0)
+    data.add_argument("--seconds", type=positive_float, default=3.0)
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
-    prep.add_argument("--megabytes", type=int, default=64)
-    prep.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    prep.add_argument("--megabytes", type=positive_int, default=64)
+    prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     return parser.parse_args(argv)
 
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -70,8 +71,14 @@ def read(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception as err:  # a truncated zip, a pickle of classes: both unusable
-        raise UserError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {err})") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file") from None
+    except Exception as err:  # said in gptdist's words: torch's would suggest weights_only=False, never an option
+        if zipfile.is_zipfile(path):  # a whole torch file, refused by weights_only
+            raise UserError(f"checkpoint {path} cannot be loaded: it holds objects other than tensors and plain "
+                            "values, which gptdist never unpickles; it is not a gptdist checkpoint") from None
+        raise UserError(f"checkpoint {path} cannot be loaded: it is not a readable torch file "
+                        f"(truncated, damaged or of another kind: {type(err).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptdist checkpoint (format {FORMAT})")
     checksum = payload.pop("checksum", None)
@@ -139,9 +146,7 @@ class Checkpointer:
                 failure = err
             except OSError as err:
                 failure = UserError(f"cannot write checkpoints in {self.folder}: {err.strerror or err}")
-        # Every rank learns whether the save worked, so that none waits forever for rank 0.
-        if distributed.any_rank(failure is not None, self.ctx):
-            raise failure if failure else UserError(f"rank 0 could not write checkpoint {path}")
+        distributed.raise_together(failure, self.ctx)  # every rank learns whether the save worked
         return path
 
     @staticmethod

@@ -5,6 +5,7 @@ type or a missing file is one UserError naming the key and the valid choices.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,6 +153,47 @@ CHOICES = {
 }
 
 
+POSITIVE = ("> 0", lambda v: v > 0)
+NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+FINITE_POSITIVE = ("finite and > 0", lambda v: math.isfinite(v) and v > 0)
+FINITE_NON_NEGATIVE = ("finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
+PROBABILITY = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+# The valid range of every numeric key (a None where the key allows one is always valid).
+RANGES = {
+    "data.stride": POSITIVE,
+    **{f"model.{k}": POSITIVE for k in ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads",
+                                        "n_layers")},
+    "model.drop_rate": PROBABILITY,
+    **{f"train.{k}": POSITIVE for k in ("micro_batch_size", "grad_accum_steps", "max_steps", "epochs",
+                                        "max_bad_steps", "ddp_bucket_mb")},
+    "train.grad_clip": FINITE_NON_NEGATIVE,
+    "optim.lr": FINITE_POSITIVE,
+    "optim.weight_decay": FINITE_NON_NEGATIVE,
+    "optim.betas": ("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
+    "schedule.warmup_steps": NON_NEGATIVE,
+    "schedule.initial_lr": FINITE_NON_NEGATIVE,
+    "schedule.min_lr": FINITE_NON_NEGATIVE,
+    "eval.interval": POSITIVE,
+    "eval.batches": POSITIVE,
+    "checkpoint.interval": POSITIVE,
+    "checkpoint.keep": ("at least 1", lambda v: v >= 1),
+    "logging.interval": POSITIVE,
+    "sample.max_new_tokens": POSITIVE,
+    "sample.temperature": FINITE_NON_NEGATIVE,
+    "sample.top_k": POSITIVE,
+    "sample.prompt": ("a non-empty text", lambda v: v != ""),
+}
+
+
+def _check_range(key: str, value) -> None:
+    if value is None or key not in RANGES:
+        return
+    description, valid = RANGES[key]
+    if not valid(value):
+        raise UserError(f"config key {key}: {value!r} is out of range (must be {description})")
+
+
 def _convert(key: str, value, hint):
     """`value` as type `hint`, or a UserError naming `key`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -195,9 +237,10 @@ def build(raw: dict) -> Config:
         raise UserError(f"unknown config section {sorted(unknown)[0]!r}; valid sections: {', '.join(sections)}")
     built = {}
     for name, cls in sections.items():
-        values = dict(raw.get(name) or {})
+        values = raw.get(name) or {}
         if not isinstance(values, dict):
             raise UserError(f"config section {name} must be a mapping of keys, got {values!r}")
+        values = dict(values)
         if name == "model" and values.get("preset") is not None:
             preset = values["preset"]
             if preset not in PRESETS:
@@ -209,6 +252,8 @@ def build(raw: dict) -> Config:
             if key not in hints:
                 raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(hints)}")
         built[name] = cls(**{k: _convert(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+        for key, value in vars(built[name]).items():
+            _check_range(f"{name}.{key}", value)
     return Config(**built)
 
 
@@ -234,6 +279,8 @@ def load(path: str | None, overrides: list[str]) -> Config:
     raw: dict = {}
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise UserError(f"config file {file} is a folder; give a YAML file (configs/ holds examples)")
         if not file.is_file():
             raise UserError(f"config file {file} does not exist")
         try:

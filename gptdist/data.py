@@ -18,6 +18,7 @@ class TokenWindows:
     def __init__(self, manifest: Manifest, split: str, context_length: int, stride: int):
         self.paths = manifest.shard_paths(split)
         self.dtype = manifest.dtype
+        self.split, self.folder, self.vocab_size = split, manifest.folder, manifest.vocab_size
         self.window = context_length + 1
         self.stride = stride
         lengths = np.array(manifest.shard_lengths(split), dtype=np.int64)
@@ -49,6 +50,12 @@ class TokenWindows:
                 out[row, filled : filled + hi - lo] = maps[shard][lo:hi]
                 filled += hi - lo
                 shard += 1
+        # An id past the vocabulary would crash the embedding lookup (on a GPU: a device-side
+        # assert that takes the process group down). data.verify checks at start; this, always.
+        if len(out) and out.max() >= self.vocab_size:
+            raise UserError(f"the {self.split} split of {self.folder} holds token id {int(out.max())} >= vocab_size "
+                            f"{self.vocab_size}: the shards are damaged; python -m gptdist.prepare --verify "
+                            f"{self.folder} names the shard")
         return torch.from_numpy(out)
 
 

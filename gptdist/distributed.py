@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class Dist:
@@ -32,20 +34,22 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int, option: str = "train.device") -> torch.device:
+    """`option` names where the request came from, for the error (a config key or a flag)."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
+        raise UserError(f"{option} is cuda but this machine has no CUDA device (or this torch has no CUDA); "
+                        "use cpu or auto")
     return torch.device("cuda", local_rank)
 
 
-def setup(device_request: str = "auto") -> Dist:
+def setup(device_request: str = "auto", option: str = "train.device") -> Dist:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(device_request, local_rank)
+    device = pick_device(device_request, local_rank, option)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not launched_by_torchrun():
@@ -104,6 +108,17 @@ def any_rank(flag: bool, ctx: Dist) -> bool:
     tensor = torch.tensor([int(flag)], dtype=torch.int32)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control_group)
     return bool(tensor.item())
+
+
+def raise_together(failure: UserError | None, ctx: Dist) -> None:
+    """If any rank failed, every rank stops: the failing one with its error, the others quietly.
+
+    A rank that failed alone would leave the others waiting forever in their next collective.
+    """
+    if any_rank(failure is not None, ctx):
+        if failure is not None:
+            raise failure
+        raise SystemExit(2)  # the failing rank says why, in one line
 
 
 def all_gather_objects(obj) -> list:

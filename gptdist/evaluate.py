@@ -7,10 +7,10 @@ Under torchrun every rank evaluates its share and the results are summed exactly
 The book's exercise 5.5 (GPT-2 124M on The Verdict, context 256) gives train 3.75, val 3.56.
 """
 
-import argparse
 import json
 
 from . import distributed, loading, precision, shards
+from .arguments import ArgumentParser, positive_int
 from .data import TokenWindows
 from .errors import UserError, cli
 from .evaluation import evaluate_loss, perplexity
@@ -19,14 +19,14 @@ from .trainer import check_data_matches_model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="gptdist.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="gptdist.evaluate", description=__doc__.split("\n\n")[0])
     loading.add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="a prepared data folder")
     parser.add_argument("--splits", nargs="+", default=list(shards.SPLITS), choices=shards.SPLITS)
-    parser.add_argument("--context-length", type=int, help="window length (default: the model's)")
-    parser.add_argument("--stride", type=int, help="tokens between windows (default: the context length)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, help="batches per rank (default: the whole split)")
+    parser.add_argument("--context-length", type=positive_int, help="window length (default: the model's)")
+    parser.add_argument("--stride", type=positive_int, help="tokens between windows (default: the context length)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batches", type=positive_int, help="batches per rank (default: the whole split)")
     parser.add_argument("--precision", default="auto", choices=("auto", *precision.DTYPES))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser.parse_args(argv)
@@ -35,7 +35,7 @@ def parse_args(argv=None):
 @cli("gptdist.evaluate")
 def main(argv=None) -> None:
     args = parse_args(argv)
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, "--device")
     try:
         model = loading.model_from_arguments(args, ctx.device)
         manifest = shards.read_manifest(args.data)

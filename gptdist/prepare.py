@@ -12,11 +12,13 @@ inside its token stream, first (1 - val_fraction) to train, as the book does.
 Everything is written to a temporary folder renamed into place at the end.
 """
 
-import argparse
+import glob
 import hashlib
 import multiprocessing
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from collections import Counter, deque
@@ -27,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, corpus, shards
+from .arguments import ArgumentParser, fraction, positive_int
 from .errors import UserError, cli
 from .tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
 
@@ -137,21 +140,80 @@ def document_refs(args) -> tuple[Iterable, dict]:
     return files, {"inputs": [str(f) for f in files]}
 
 
+def input_paths(args, refs) -> list[Path]:
+    """The local files and folders a run reads: an output folder must hold none of them."""
+    if args.input:
+        return [Path(p) for p in args.input if not glob.has_magic(p)] + list(refs)
+    if args.dataset:
+        return list(refs)
+    return corpus.expand_inputs(args.data_files) if args.data_files else []
+
+
+def check_output_folder(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an --out that would lose anything the user has: only a folder prepare made is replaced."""
+    target = out.resolve()
+    for path in inputs:
+        if path.resolve() == target or target in path.resolve().parents:
+            raise UserError(f"--out {out} holds the input {path}; choose an output folder outside the inputs")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    foreign = shards.files_not_prepared(out)
+    if foreign:
+        raise UserError(f"output folder {out} holds {foreign[0]!r}, which prepare did not write: it is not a prepared "
+                        "data folder, and --overwrite replaces only those; choose another --out")
+    if not overwrite:
+        raise UserError(f"output folder {out} already holds prepared data; use --overwrite to replace it")
+
+
+def _temporary_name(out: Path, kind: str, pid: int | None = None) -> Path:
+    """`.NAME.tmp-HOST-PID` beside `out`: the host and process that own it, to tell stale ones."""
+    return out.with_name(f".{out.name}.{kind}-{socket.gethostname()}-{pid or os.getpid()}")
+
+
+def clean_stale_temporaries(out: Path) -> None:
+    """Remove what a killed prepare of this host left beside `out`; put back a folder it was replacing."""
+    if not out.parent.is_dir():
+        return
+    stale = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)$")
+    for entry in sorted(out.parent.iterdir()):
+        match = stale.match(entry.name)
+        if not match or process_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not out.exists():  # killed between its two renames
+            entry.rename(out)
+            print(f"restored {out} from {entry.name}, left by a prepare killed while replacing it")
+        else:
+            shutil.rmtree(entry)
+            print(f"removed {entry.name}, left by a prepare that did not finish (process {match.group(2)} is gone)")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def prepare(args) -> tuple[dict, float]:
     """Write the shards and manifest of `args.out`; returns the manifest and the seconds it took."""
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"output folder {out} already exists and is not empty; use --overwrite to replace it")
+    clean_stale_temporaries(out)  # first: a folder a killed run was replacing is put back before any check
     refs, source = document_refs(args)
+    check_output_folder(out, input_paths(args, refs), args.overwrite)
     gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = _temporary_name(out, "tmp")
     tmp.mkdir()
     start = time.perf_counter()
     try:
         manifest = _write_shards(tmp, refs, source, args)
         if out.exists():  # --overwrite: the old folder goes only once the new one is complete
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = _temporary_name(out, "old")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old)
@@ -232,7 +294,7 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="gptdist.prepare", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="gptdist.prepare", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders (*.txt, recursive), globs")
     source.add_argument("--dataset", help=f"a known dataset, downloaded and cached: {', '.join(corpus.DATASETS)}")
@@ -245,17 +307,13 @@ def parse_args(argv=None):
     parser.add_argument("--hf-split", default="train", help="the dataset split to read (default: train)")
     parser.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
     parser.add_argument("--data-files", nargs="+", help="files for --hf parquet|json|csv|text")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for val (default 0.1)")
+    parser.add_argument("--val-fraction", type=fraction, default=0.1, help="share of documents for val (default 0.1)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
-    parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes")
+    parser.add_argument("--shard-tokens", type=positive_int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
     args = parser.parse_args(argv)
     if not args.verify and not args.out:
         parser.error("--out is required")
-    if not 0 < args.val_fraction < 1:
-        parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    if args.workers < 1 or args.shard_tokens < 1:
-        parser.error("--workers and --shard-tokens must be positive")
     return args
 
 

@@ -2,6 +2,7 @@
 
 import torch
 
+from .errors import UserError
 from .tokenizer import EOT_TOKEN, decode, encode
 
 
@@ -37,13 +38,24 @@ def generate(
     return idx
 
 
+def prompt_ids(prompt: str, vocab_size: int, option: str = "--prompt") -> list[int]:
+    """The prompt's GPT-2 token ids, checked against the model's vocabulary (`option` names it for errors)."""
+    ids = encode(prompt)
+    if not ids:
+        raise UserError(f"{option} is empty")
+    if max(ids) >= vocab_size:
+        raise UserError(f"{option} {prompt!r} encodes to GPT-2 token id {max(ids)}, beyond the model's vocabulary "
+                        f"of {vocab_size} tokens; use a prompt the model's tokenizer covers")
+    return ids
+
+
 def complete(model, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
              seed: int, device: torch.device) -> str:
     """The prompt followed by the model's continuation, as text."""
+    idx = torch.tensor([prompt_ids(prompt, model.cfg.vocab_size)], dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
     context = model.cfg.context_length
     out = generate(model, idx, max_new_tokens, context, temperature, top_k, generator=generator)
     model.train(was_training)

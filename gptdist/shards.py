@@ -98,6 +98,19 @@ class Manifest:
         return [s["tokens"] for s in self.splits[split]["shards"]]
 
 
+def files_not_prepared(folder: Path) -> list[str]:
+    """The entries of `folder` that are not its manifest or a shard it lists (all of them without a manifest)."""
+    entries = sorted(entry.name for entry in folder.iterdir())
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+        listed = {shard["path"] for split in raw["splits"].values() for shard in split["shards"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return entries
+    if raw.get("format") != FORMAT:
+        return entries
+    return [name for name in entries if name != MANIFEST and name not in listed]
+
+
 def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -125,7 +138,11 @@ def read_manifest(folder: str | Path) -> Manifest:
         manifest = Manifest(folder, int(raw["vocab_size"]), int(raw["eot_token"]), dtype, raw["splits"], raw)
         for split in SPLITS:
             for shard in manifest.splits[split]["shards"]:
-                shard_path = folder / shard["path"]
+                name = shard["path"]
+                if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                    raise UserError(f"{path}: shard path {name!r} is not a file name inside {folder}; "
+                                    "prepare the data again")
+                shard_path = folder / name
                 expected = int(shard["tokens"]) * dtype.itemsize
                 if not shard_path.is_file():
                     raise UserError(f"shard {shard_path} listed in {path} is missing")

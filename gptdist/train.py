@@ -4,19 +4,19 @@
     torchrun --nproc_per_node=4 -m gptdist.train --config configs/gutenberg-gpt2-124m.yaml train.max_steps=5000
 
 Overrides are `section.key=value` (YAML values). A run whose out_dir has checkpoints
-resumes from the newest loadable one. On SIGTERM or SIGUSR1 the run checkpoints at the
+resumes from the newest loadable one; a run owns its out_dir while it trains (a second run
+into it stops at once). On SIGTERM or SIGUSR1 the run checkpoints at the
 next step boundary and exits with status 0; the same command then resumes it.
 """
 
-import argparse
-
-from . import config, distributed
+from . import config, distributed, runlock
+from .arguments import ArgumentParser
 from .errors import cli
 from .trainer import Trainer
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="gptdist.train", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="gptdist.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="a YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
@@ -27,17 +27,18 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     ctx = distributed.setup(cfg.train.device)
-    trainer = None
     try:
-        trainer = Trainer(cfg, ctx)
-        trainer.fit()
-        # Finish together: a rank destroying the process group while another still uses it
-        # can abort the other at exit (seen after elastic restarts). Not on the error path,
-        # where the other ranks may be waiting in another collective.
-        distributed.barrier()
+        with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
+            trainer = Trainer(cfg, ctx)
+            try:
+                trainer.fit()
+                # Finish together: a rank destroying the process group while another still uses it
+                # can abort the other at exit (seen after elastic restarts). Not on the error path,
+                # where the other ranks may be waiting in another collective.
+                distributed.barrier()
+            finally:
+                trainer.close()
     finally:
-        if trainer is not None:
-            trainer.close()
         distributed.teardown()
 
 

@@ -22,7 +22,7 @@ from .guard import NonFiniteGuard
 from .model import GPTModel
 from .optimizer import adamw
 from .parallelize import parallelize
-from .sampling import complete
+from .sampling import complete, prompt_ids
 from .schedule import WarmupCosineSchedule
 from .states import Progress, RNGState
 from .stopping import StopRequest
@@ -75,6 +75,7 @@ class Trainer:
 
         manifest = shards.read_manifest(cfg.data.dir)
         check_data_matches_model(manifest, cfg.model)
+        prompt_ids(cfg.sample.prompt, cfg.model.vocab_size, "sample.prompt")  # not a crash at the first sample
         verify_start = time.perf_counter()
         if cfg.data.verify:  # never train on altered data: one read per node, the other ranks wait
             if ctx.local_rank == 0:
@@ -167,15 +168,16 @@ class Trainer:
                 self._log_first_step()
             if step % cfg.logging.interval == 0 or final:
                 self._log_step(step_loss, grad_norm)
-            if step % cfg.eval.interval == 0 or final:
-                self._evaluate()
             stopping = stop.agreed()
+            # The checkpoint first: an evaluation or a sample that fails must not cost it.
             if step % cfg.checkpoint.interval == 0 or final or stopping:
                 self._save(step)
             if stopping:
                 print0(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
                        "run the same command again to resume")
                 return stop.signal_name or "signal"
+            if step % cfg.eval.interval == 0 or final:
+                self._evaluate()
         stop.finish()
         return "done"
 
@@ -241,9 +243,13 @@ class Trainer:
     def _start_log(self) -> None:
         if not self.ctx.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        config.save(self.cfg, self.out_dir / "config.yaml")
-        self.log = metrics.MetricsLog(self.out_dir)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.cfg, self.out_dir / "config.yaml")
+            self.log = metrics.MetricsLog(self.out_dir)
+        except OSError as err:
+            raise UserError(f"cannot write in run.out_dir {self.out_dir}: {err.strerror or err} ({err.filename}); "
+                            "choose a run.out_dir this user can write to") from None
         self.tracker.start(self.out_dir)
         if self.resumed_from:
             self.log.write({"event": "resume", "step": self.progress.step, "checkpoint": self.resumed_from,

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,21 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(stat.parent.name))
     return children
+
+
+def wait_for_exit(pids: list[int], timeout: float = 30) -> None:
+    """Wait until processes that are not our children have exited (a zombie has: its files are closed)."""
+    deadline = time.time() + timeout
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        while True:
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            assert time.time() < deadline, f"process {pid} is still running"
+            time.sleep(0.05)
 
 
 def free_port() -> int:

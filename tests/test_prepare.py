@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 from conftest import VERDICT, run_module
 
 from gptdist import corpus, shards
+from gptdist.errors import UserError
 from gptdist.tokenizer import EOT_TOKEN, decode, encode
 
 
@@ -210,7 +212,7 @@ def test_bad_input_is_one_clear_line(tmp_path, case):
         out.mkdir()
         (out / "keep.txt").write_text("precious")
         (tmp_path / "a.txt").write_text("hello")
-        args, expected = ["--input", tmp_path / "a.txt"], "already exists"
+        args, expected = ["--input", tmp_path / "a.txt"], "holds 'keep.txt', which prepare did not write"
     else:
         (tmp_path / "d").mkdir()
         args, expected = ["--input", tmp_path / "d"], "holds no *.txt files"
@@ -256,3 +258,61 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
     proc.wait()
     assert not out.exists()
     assert not list(tmp_path.rglob("manifest.json"))
+    (stale,) = tmp_path.glob(".out.tmp-*")
+    again = prepare("--input", docs, "--out", out, "--workers", "1")  # the next run into the same --out
+    assert again.returncode == 0, again.stderr
+    assert f"removed {stale.name}, left by a prepare that did not finish (process {proc.pid} is gone)" in again.stdout
+    assert not list(tmp_path.glob(".out.*")) and shards.read_manifest(out)
+
+
+def test_a_folder_killed_while_being_replaced_is_put_back(tmp_path):
+    (tmp_path / "a.txt").write_text("a corpus " * 50)
+    out = tmp_path / "out"
+    assert prepare("--input", tmp_path / "a.txt", "--out", out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    # a prepare killed between its two renames: the old folder set aside, the new one not yet in place
+    old = tmp_path / f".out.old-{socket.gethostname()}-{dead.stdout.strip()}"
+    out.rename(old)
+    result = prepare("--input", tmp_path / "b.txt", "--out", out)  # fails (no b.txt), after putting it back
+    assert result.returncode == 2 and f"restored {out} from {old.name}" in result.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["out-is-input", "out-is-parent", "user-folder", "prepared-plus-user-file"])
+def test_overwrite_never_deletes_what_prepare_did_not_write(tmp_path, case):
+    books = tmp_path / "books"
+    write_docs(books, 3)
+    (tmp_path / "notes.txt").write_text("my notes")
+    out = {"out-is-input": books, "out-is-parent": tmp_path}.get(case, tmp_path / "out")
+    if case == "user-folder":
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+    if case == "prepared-plus-user-file":
+        assert prepare("--input", books, "--out", out).returncode == 0
+        (out / "thesis.tex").write_text("years of work")
+    everything = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = prepare("--input", books, "--out", out, "--overwrite")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = {"out-is-input": "holds the input", "out-is-parent": "holds the input",
+                "user-folder": "holds 'thesis.tex', which prepare did not write",
+                "prepared-plus-user-file": "holds 'thesis.tex', which prepare did not write"}[case]
+    assert expected in result.stderr and "--overwrite to replace" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == everything
+
+
+@pytest.mark.parametrize("forged", ["../secret.bin", "/etc/hostname", "sub/train-00000.bin", ".."])
+def test_shard_paths_must_be_file_names_inside_the_folder(tmp_path, verdict_data, forged):
+    data = tmp_path / "data"
+    data.mkdir()
+    for item in verdict_data.iterdir():
+        (data / item.name).write_bytes(item.read_bytes())
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 10302)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["path"] = forged
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError) as err:
+        shards.read_manifest(data)
+    assert f"shard path {forged!r} is not a file name inside {data}" in str(err.value)
+    assert "bytes" not in str(err.value)  # nothing about the file it names

@@ -6,6 +6,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ import pytest
 import torch
 from conftest import REPO, run_module, torchrun_command, train_args
 
-from gptdist import checkpoint
+from gptdist import checkpoint, shards
+from gptdist.tokenizer import encode
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -131,14 +133,7 @@ def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, ve
     out = tmp_path / "run"
     assert train(1, verdict_data, out, "train.max_steps=1").returncode == 0
     folder = out / "checkpoints"
-    if os.geteuid() == 0:
-        locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-        if locked.returncode != 0:
-            pytest.skip(f"root, and cannot make {folder} immutable: {locked.stderr.strip()}")
-        unlock = ["chattr", "-i", str(folder)]
-    else:
-        folder.chmod(0o500)
-        unlock = ["chmod", "700", str(folder)]
+    unlock = make_unwritable(folder)
     try:
         result = train(1, verdict_data, out, "train.max_steps=2")
     finally:
@@ -147,6 +142,118 @@ def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, ve
     assert re.search(r"cannot write checkpoint .*step_00000002.pt: (Operation not permitted|Permission denied)",
                      result.stderr), result.stderr
     assert checkpoint.read(folder / "step_00000001.pt")
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not (out / "metrics.jsonl").exists() or f'"step": {step},' not in (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+
+
+def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000",
+                      "eval.interval=100000")
+    first = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out, 2, first)
+    config_before = (out / "config.yaml").read_bytes()
+    second = train(1, verdict_data, out, "train.max_steps=3")
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.strip() == (f"gptdist.train: error: run.out_dir {out} is in use by another training "
+                                     f"(process {first.pid} on {socket.gethostname()}, started "
+                                     f"{second.stderr.split('started ')[1].split(')')[0]}); wait for it to end "
+                                     "or choose another run.out_dir")
+    assert (out / "config.yaml").read_bytes() == config_before and '"step": 4,' not in second.stdout
+    first.send_signal(signal.SIGTERM)  # the first run goes on unharmed, and stops as usual
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows if "event" in r and r["event"] == "start"] == ["start"]  # one run's rows
+    assert checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=2",
+                      "eval.interval=100000")
+    killed = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(out, 3, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    result = train(1, verdict_data, out, "train.max_steps=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"taking over {out / '.lock'}: the run that held it (process {killed.pid} on" in result.stdout
+    assert "resumed from" in result.stdout
+    assert (out / ".lock").read_text() == ""  # released at the end
+
+
+def test_an_evaluation_that_fails_never_costs_the_checkpoint_of_its_step(tmp_path, verdict_data):
+    data = copy_data(verdict_data, tmp_path / "data")  # a val token past the vocabulary, not checked at start
+    manifest = json.loads((data / "manifest.json").read_text())
+    val = data / manifest["splits"]["val"]["shards"][0]["path"]
+    tokens = np.fromfile(val, dtype="<u2")
+    tokens[3] = 60000
+    tokens.tofile(val)
+    out = tmp_path / "run"
+    result = train(1, data, out, "data.verify=false", "train.max_steps=4", "eval.interval=4", "checkpoint.interval=4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"gptdist.train: error: the val split of {data} holds token id 60000 >= "
+                                     f"vocab_size 50257: the shards are damaged; python -m gptdist.prepare --verify "
+                                     f"{data} names the shard")
+    assert checkpoint.read(out / "checkpoints" / "step_00000004.pt")["progress"]["step"] == 4
+
+
+def test_a_prompt_beyond_the_vocabulary_stops_the_run_before_it_trains(tmp_path):
+    data = tmp_path / "small-vocab"  # a corpus of a 1000-token vocabulary (ids below 1000)
+    data.mkdir()
+    writer = {split: shards.ShardWriter(data, split, shards.token_dtype(1000), 10_000) for split in shards.SPLITS}
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4000), ("val", 600)):
+        writer[split].add_document(rng.integers(0, 1000, count).astype("<u2"))
+    shards.write_manifest(data, {"format": shards.FORMAT, "tokenizer": "custom", "vocab_size": 1000, "eot_token": 999,
+                                 "dtype": "uint16", "splits": {s: w.close() for s, w in writer.items()}})
+    out = tmp_path / "run"
+    result = train(1, data, out, "model.vocab_size=1000", "train.max_steps=3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    highest = max(encode("Every effort moves you"))
+    assert (f"sample.prompt 'Every effort moves you' encodes to GPT-2 token id {highest}, beyond the model's "
+            "vocabulary of 1000 tokens") in result.stderr
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["new-folder", "read-only-copy"])
+def test_an_unwritable_runs_folder_is_one_line(tmp_path, verdict_data, case):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    out = parent / "run"
+    if case == "read-only-copy":
+        assert train(1, verdict_data, out, "train.max_steps=2").returncode == 0
+    before = {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()}
+    target = out if case == "read-only-copy" else parent
+    unlock = make_unwritable(target)
+    try:
+        result = train(1, verdict_data, out, "train.max_steps=4")
+    finally:
+        subprocess.run(unlock)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.fullmatch(rf"gptdist.train: error: cannot write in run.out_dir {out}: (Permission denied|Operation not "
+                        r"permitted|Read-only file system); choose a run.out_dir this user can write to\n",
+                        result.stderr), result.stderr
+    assert {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()} == before
+
+
+def make_unwritable(folder: Path) -> list[str]:
+    """Make `folder` unwritable even for root (immutable) where possible; returns the command that undoes it."""
+    if os.geteuid() == 0:
+        locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+        if locked.returncode != 0:
+            pytest.skip(f"root, and cannot make {folder} immutable: {locked.stderr.strip()}")
+        return ["chattr", "-i", str(folder)]
+    folder.chmod(0o500)
+    return ["chmod", "700", str(folder)]
 
 
 def copy_data(src: Path, dst: Path) -> Path:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, child_pids, run_module, torchrun_command, train_args
+from conftest import REPO, child_pids, run_module, torchrun_command, train_args, wait_for_exit
 
 from gptdist import checkpoint
 from gptdist.errors import UserError
@@ -76,8 +76,13 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
     while not (killed / "checkpoints" / "step_00000010.pt").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # The whole job dies at once, as on a node failure: torchrun runs its workers in sessions of
+    # their own, so they are killed by pid (left alive, they would train on without an agent).
+    workers = child_pids(proc.pid)
+    for pid in [*workers, proc.pid]:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    wait_for_exit(workers)
     assert not (killed / "checkpoints" / "step_00000030.pt").exists(), "the run ended before the kill"
 
     result = torchrun(2, *train_args(verdict_data, killed, *overrides))
