@@ -9,6 +9,7 @@
 #   model    model options, 124M at micro-batch 32: biases on, padded logits sliced, no padding, tied head
 #   fp8      FP8 matmuls (torchao) on 355M at micro-batch 16: speed, and a loss curve beside bf16 where
 #            a corpus can be prepared (The Verdict in $GPTDIST_CACHE, tiktoken's files in $TIKTOKEN_CACHE_DIR)
+#   checkpoint  what a save of 124M costs training: blocking vs background (gptdist.bench checkpoint)
 #   all      every part
 # Every run appends one JSON row to benchmarks/results-gpu.jsonl (RESULTS overrides): label, shape,
 # tokens_per_sec, mfu, peak_memory_mb, gpu, torch (or the error it ended with). Then
@@ -19,10 +20,10 @@
 # runs the script on a CPU with tiny models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|all ...]}
+NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|checkpoint|all ...]}
 shift
 PARTS=${*:-compare shipped}
-[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8"
+[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8 checkpoint"
 OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 TMP=$(mktemp -d)
@@ -99,7 +100,10 @@ bench.synthetic_corpus(Path('$TMP/text'), 32)" 2>/dev/null; then  # 32 MB of The
       else
         echo "fp8: no loss curve: The Verdict or tiktoken's files are not cached here" >&2
       fi ;;
-    *) echo "unknown part $part (compare, shipped, modes, model, fp8, all)" >&2; exit 2 ;;
+    checkpoint)
+      record "124M checkpoint" "gptdist save" python -m gptdist.bench checkpoint --config $SMALL data.dir="$TMP/tokens" \
+        "${GPTDIST_EXTRA[@]}" ;;
+    *) echo "unknown part $part (compare, shipped, modes, model, fp8, checkpoint, all)" >&2; exit 2 ;;
   esac
 done
 python benchmarks/gpu_report.py "$OUT"

@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=8 -m gptdist.bench train --config configs/gutenberg-gpt2-124m.yaml
     python -m gptdist.bench data --config configs/bench-cpu-small.yaml
     python -m gptdist.bench prepare --megabytes 64 --workers 2
+    python -m gptdist.bench checkpoint --config configs/bench-cpu-small.yaml
 
 Each prints a table and one JSON line. MFU is computed as training logs it (gptdist/flops.py):
 6N + 12·L·T·d FLOPs per token against the device's peak, a table of known GPUs (bf16 dense;
@@ -24,6 +25,7 @@ import torch
 
 from . import config, corpus, distributed
 from .arguments import ArgumentParser, non_negative_int, positive_float, positive_int
+from .checkpoint import checkpoint_paths
 from .errors import cli
 from .flops import flops_per_token
 from .throughput import synchronize
@@ -112,6 +114,74 @@ def bench_train(args) -> dict:
         distributed.teardown()
 
 
+def bench_checkpoint(args) -> dict:
+    """What a save costs training: blocking (write before going on) vs background (snapshot only)."""
+    import statistics
+
+    from .checkpoint import Checkpointer
+    from .trainer import Trainer
+
+    cfg = config.load(args.config, args.overrides)
+    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, ctx)
+        for _ in range(2):  # AdamW's moments exist after a step: a checkpoint of its real size
+            trainer.train_step(trainer.next_batches())
+        synchronize(ctx.device)
+        folder, config_dict = Path(cfg.run.out_dir) / "checkpoints", cfg.to_dict()
+
+        def save(saver: Checkpointer, step: int) -> float:
+            """Seconds until training could go on."""
+            distributed.barrier()
+            start = time.perf_counter()
+            saver.save(step, trainer.states, config_dict, {"step": step})
+            return time.perf_counter() - start
+
+        blocking = Checkpointer(folder, 1, ctx, background=False)
+        blocking_s = [save(blocking, step) for step in range(args.rounds)]
+        blocking.close()
+        background = Checkpointer(folder, 1, ctx, background=True)
+        stall_s, write_s = [], []
+        for step in range(args.rounds):
+            stall_s.append(save(background, args.rounds + step))
+            saved = background.wait()
+            if saved is not None:
+                write_s.append(saved.write_s)
+        # Training with a save every --interval steps against training without, in alternating blocks
+        # of --interval steps in this one process, so that drift in the machine hits both alike.
+        with_saves, without = [], []
+        for pair in range(args.pairs):
+            for blocks, saving in ((with_saves, True), (without, False)):
+                synchronize(ctx.device)
+                start = time.perf_counter()
+                if saving:
+                    background.save(2 * args.rounds + pair, trainer.states, config_dict, {"step": pair})
+                for _ in range(args.interval):
+                    trainer.train_step(trainer.next_batches())
+                background.wait()  # a write longer than the block would hold up the next save: counted
+                synchronize(ctx.device)
+                blocks.append(time.perf_counter() - start)
+        background.close()
+        size = checkpoint_paths(folder)[-1].stat().st_size if ctx.is_main else 0
+        # the first background save allocates the snapshot's buffers: the later ones are the steady state
+        steady = stall_s[1:] or stall_s
+        result = {"benchmark": "checkpoint", "config": args.config, "overrides": args.overrides,
+                  "device": str(ctx.device), "world_size": ctx.world_size, "parameters": trainer.model.num_params(),
+                  "bytes": size, "snapshot_host_bytes": background.snapshot.bytes, "rounds": args.rounds,
+                  "blocking_s": statistics.median(blocking_s), "stall_s": statistics.median(steady),
+                  "first_stall_s": stall_s[0], "write_s": statistics.median(write_s) if write_s else None}
+        result["stall_vs_blocking"] = result["stall_s"] / result["blocking_s"]
+        if args.pairs:
+            result.update({"interval": args.interval, "pairs": args.pairs, "block_s_with_save": with_saves,
+                           "block_s_without": without, "training_overhead": sum(with_saves) / sum(without) - 1})
+        trainer.close()
+        return result
+    finally:
+        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        distributed.teardown()
+
+
 def bench_data(args) -> dict:
     """Samples per second from the shards alone: sampler + memmap windows, no model."""
     from . import shards
@@ -184,7 +254,8 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest="what", required=True)
     train = sub.add_parser("train", help="the training step of a config")
     data = sub.add_parser("data", help="the data loader alone")
-    for p in (train, data):
+    save = sub.add_parser("checkpoint", help="the training time a checkpoint costs, blocking and in the background")
+    for p in (train, data, save):
         p.add_argument("--config", required=True)
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
     train.add_argument("--steps", type=positive_int, default=20, help="timed steps")
@@ -192,6 +263,10 @@ def parse_args(argv=None):
     train.add_argument("--peak-tflops", type=positive_float, help="the device's peak, overriding the table/measurement")
     train.add_argument("--eval", action="store_true", help="also time two evaluations (the first compiles)")
     data.add_argument("--seconds", type=positive_float, default=3.0)
+    save.add_argument("--rounds", type=positive_int, default=3, help="saves of each kind (the median is reported)")
+    save.add_argument("--pairs", type=non_negative_int, default=0,
+                      help="also time this many pairs of --interval-step blocks, with a background save and without")
+    save.add_argument("--interval", type=positive_int, default=20, help="steps per block (a checkpoint interval)")
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
     prep.add_argument("--megabytes", type=positive_int, default=64)
     prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
@@ -201,7 +276,8 @@ def parse_args(argv=None):
 @cli("gptdist.bench")
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = {"train": bench_train, "data": bench_data, "prepare": bench_prepare}[args.what](args)
+    benchmarks = {"train": bench_train, "data": bench_data, "checkpoint": bench_checkpoint, "prepare": bench_prepare}
+    result = benchmarks[args.what](args)
     if distributed.rank() == 0:
         print_table(result)
         print(json.dumps(result))

@@ -3,13 +3,20 @@
 The checkpointer is a loop over named states: every stateful piece (model, optimizer,
 scaler, schedule, sampler, progress, RNG) has state_dict()/load_state_dict(), and a
 checkpoint holds one entry per name plus `config`, `format` and `checksum`.
+
+A save stops training only to copy the state into host memory (snapshot.py); rank 0 then
+digests, serialises, writes, syncs, renames and prunes in a background thread while
+training goes on. One write is in flight at most: the next save waits for it. A write
+that fails is reported at the next step boundary (`poll`) or save (`wait`) and stops the run.
 """
 
 import hashlib
-import io
 import os
 import re
+import time
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +24,10 @@ import torch
 
 from . import distributed
 from .errors import UserError
+from .snapshot import HostSnapshot
+
+# Tests set this to hold a write open before its rename, making "killed during a write" certain.
+TEST_WRITE_DELAY_S = float(os.environ.get("GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S", 0))
 
 FORMAT = "gptdist-checkpoint/1"
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -35,7 +46,7 @@ def content_digest(obj) -> str:
         if isinstance(value, torch.Tensor):
             data = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"T{data.dtype}{tuple(data.shape)}".encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+            digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")  # the tensor's memory: no copy
         elif isinstance(value, dict):
             digest.update(b"{")
             for key in sorted(value, key=repr):
@@ -100,14 +111,48 @@ def newest_good(folder: Path, report=distributed.print0) -> dict | None:
     return None
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+class _WriteErrorKept:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports it as an
+    unrelated RuntimeError ("unexpected pos"), and the user needs the cause (a full disk)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        return self._keeping_error(self.file.write, data)
+
+    def flush(self) -> None:
+        self._keeping_error(self.file.flush)
+
+    def _keeping_error(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as err:
+            self.error = err
+            raise
+
+
+def _save_to(payload: dict, file) -> None:
+    kept = _WriteErrorKept(file)
+    try:
+        torch.save(payload, kept)
+    except RuntimeError:
+        if kept.error is None:
+            raise
+        raise kept.error from None
+
+
 def _write_atomically(payload: dict, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            _save_to(payload, f)
             f.flush()
+            time.sleep(TEST_WRITE_DELAY_S)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
@@ -122,32 +167,93 @@ def _write_atomically(payload: dict, path: Path) -> None:
         ) from None
 
 
+@dataclass
+class Saved:
+    """A checkpoint on disk, and what it cost: training stopped for stall_s, the background took write_s."""
+
+    step: int
+    path: Path
+    bytes: int
+    stall_s: float
+    write_s: float
+
+
+def _write(payload: dict, path: Path, keep: int) -> tuple[int, float]:
+    """Digest, write atomically and prune (the background part of a save); returns (bytes, seconds)."""
+    start = time.perf_counter()
+    payload["checksum"] = content_digest(payload)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(payload, path)
+        for old in checkpoint_paths(path.parent)[:-keep]:  # only once the new one is durable
+            old.unlink()
+        return path.stat().st_size, time.perf_counter() - start
+    except OSError as err:
+        raise UserError(f"cannot write checkpoints in {path.parent}: {err.strerror or err}") from None
+
+
 class Checkpointer:
-    def __init__(self, folder: Path, keep: int, ctx: distributed.Dist):
-        self.folder, self.keep, self.ctx = Path(folder), keep, ctx
+    def __init__(self, folder: Path, keep: int, ctx: distributed.Dist, background: bool = True):
+        self.folder, self.keep, self.ctx, self.background = Path(folder), keep, ctx, background
+        self.snapshot = HostSnapshot(ctx.device)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="gptdist-checkpoint") if ctx.is_main else None
+        self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
+        if ctx.is_main and self.folder.is_dir():  # a killed run's half-written file: never a checkpoint
+            for stale in self.folder.glob(".step_*.pt.tmp"):
+                stale.unlink()
 
-    def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Path:
-        """Called on every rank (states may gather from all ranks); rank 0 writes, the others wait.
+    def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Saved | None:
+        """Called on every rank at the same step boundary (states may gather from all ranks).
 
-        `summary` adds plain top-level values for readers (step, epoch, tokens_seen).
+        Returns once training may go on: with background writes, after the snapshot (None);
+        otherwise once the checkpoint is durable (what `wait` returns). `summary` adds plain
+        top-level values for readers (step, epoch, tokens_seen).
         """
-        payload = {name: state.state_dict() for name, state in states.items()}
+        start = time.perf_counter()
+        finished = self.wait()  # the snapshot's buffers are the previous write's
+        payload = self.snapshot.take({name: state.state_dict() for name, state in states.items()})
         path = self.folder / f"step_{step:08d}.pt"
-        failure = None
         if self.ctx.is_main:
             payload.update(summary, format=FORMAT, config=config)
-            payload["checksum"] = content_digest(payload)
+            self.in_flight = (self.writer.submit(_write, payload, path, self.keep), step, path,
+                              time.perf_counter() - start)
+        if self.background:
+            return finished
+        saved = self.wait()
+        if saved is not None:  # all of it stopped training
+            saved.stall_s = round(time.perf_counter() - start, 4)
+        return saved
+
+    def poll(self) -> Saved | None:
+        """Rank 0, at any step boundary: the write that finished since, if any (raises its failure)."""
+        if self.in_flight is None or not self.in_flight[0].done():
+            return None
+        return self._finish()
+
+    def wait(self) -> Saved | None:
+        """Every rank: wait for the write in flight; if it failed, every rank stops (rank 0 with its error)."""
+        finished, failure = None, None
+        if self.in_flight is not None:
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                _write_atomically(payload, path)
-                for old in checkpoint_paths(self.folder)[: -self.keep]:
-                    old.unlink()
+                finished = self._finish()
             except UserError as err:
                 failure = err
-            except OSError as err:
-                failure = UserError(f"cannot write checkpoints in {self.folder}: {err.strerror or err}")
-        distributed.raise_together(failure, self.ctx)  # every rank learns whether the save worked
-        return path
+        distributed.raise_together(failure, self.ctx)
+        return finished
+
+    def _finish(self) -> Saved:
+        write, step, path, stall_s = self.in_flight
+        self.in_flight = None
+        size, write_s = write.result()
+        return Saved(step, path, size, round(stall_s, 4), round(write_s, 4))
+
+    def close(self) -> Saved | None:
+        """On any exit, on this rank alone: the write in flight completes (or reports why not)."""
+        try:
+            return self._finish() if self.in_flight is not None else None
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown()
 
     @staticmethod
     def restore(payload: dict, states: dict[str, Stateful]) -> None:

@@ -5,6 +5,7 @@ type or a missing file is one UserError naming the key and the valid choices.
 """
 
 import dataclasses
+import keyword
 import math
 import types
 import typing
@@ -105,6 +106,9 @@ class CheckpointConfig:
     interval: int = 500  # optimizer steps between checkpoints (and at the end)
     keep: int = 3  # the newest checkpoints kept
     resume: str = "auto"  # auto: from the newest checkpoint in out_dir; never; or a checkpoint path
+    # `checkpoint.async` (a Python keyword, hence the _): write in the background while training goes
+    # on; training stops only to copy the state into host memory. false: every save blocks until durable.
+    async_: bool = True
 
 
 @dataclass
@@ -139,7 +143,17 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {section: {key_of(name): value for name, value in values.items()}
+                for section, values in dataclasses.asdict(self).items()}
+
+
+def key_of(field_name: str) -> str:
+    """The config key of a dataclass field: a key that is a Python keyword is a field with a trailing _."""
+    return field_name[:-1] if keyword.iskeyword(field_name[:-1]) else field_name
+
+
+def field_of(key: str) -> str:
+    return f"{key}_" if keyword.iskeyword(key) else key
 
 
 CHOICES = {
@@ -248,10 +262,11 @@ def build(raw: dict) -> Config:
                                 f"known presets: {', '.join(PRESETS)}")
             values = {**PRESETS[preset], **values}
         hints = typing.get_type_hints(cls)
+        keys = [key_of(field_name) for field_name in hints]
         for key in values:
-            if key not in hints:
-                raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(hints)}")
-        built[name] = cls(**{k: _convert(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+            if key not in keys:
+                raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(keys)}")
+        built[name] = cls(**{field_of(k): _convert(f"{name}.{k}", v, hints[field_of(k)]) for k, v in values.items()})
         for key, value in vars(built[name]).items():
             _check_range(f"{name}.{key}", value)
     return Config(**built)

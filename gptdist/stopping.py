@@ -1,5 +1,8 @@
 """Stop requests: SIGTERM or SIGUSR1 (preemption) set a flag; the ranks agree on it without waiting.
 
+A failure that one rank notices between steps (a background checkpoint write) travels the
+same way: every rank stops at the same boundary, the failing one with its error.
+
 Every rank must stop at the same step boundary, so the flag is all-reduced across ranks. A
 collective at each boundary that waited for its result would hold up every step for a
 network round trip. Instead each boundary starts one (gloo, on CPU tensors: it never touches
@@ -13,12 +16,14 @@ import torch
 import torch.distributed as dist
 
 from .distributed import Dist
+from .errors import UserError
 
 
 class StopRequest:
     def __init__(self, ctx: Dist):
         self.ctx = ctx
         self.signal_name: str | None = None
+        self.failure: UserError | None = None
         self._in_flight = None  # (work, tensor) of the agreement started at the last boundary
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
@@ -26,23 +31,34 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
 
+    def fail(self, error: UserError) -> None:
+        """Stop every rank at the next agreement, with `error` on this one."""
+        self.failure = error
+
     def agreed(self) -> bool:
-        """Call once per step boundary on every rank: True when all ranks are to stop here."""
-        if not self.ctx.enabled:
-            return self.signal_name is not None
-        stop = False
-        if self._in_flight is not None:
-            work, flag = self._in_flight
-            work.wait()
-            stop = bool(flag.item())
-        # The same decision on every rank: once it says stop, no rank starts another round.
-        self._in_flight = None if stop else self._start_round()
-        return stop
+        """Call once per step boundary on every rank: True when all ranks are to stop here.
+
+        Raises when a rank failed: the failing one its error, the others SystemExit(2) quietly.
+        """
+        signalled, failed = self.signal_name is not None, self.failure is not None
+        if self.ctx.enabled:
+            signalled = failed = False
+            if self._in_flight is not None:
+                work, flags = self._in_flight
+                work.wait()
+                signalled, failed = bool(flags[0]), bool(flags[1])
+            # The same decision on every rank: once it says stop, no rank starts another round.
+            self._in_flight = None if signalled or failed else self._start_round()
+        if failed:
+            if self.failure is not None:
+                raise self.failure
+            raise SystemExit(2)  # the failing rank says why, in one line
+        return signalled
 
     def _start_round(self):
-        flag = torch.tensor([int(self.signal_name is not None)], dtype=torch.int32)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.control_group, async_op=True)
-        return work, flag
+        flags = torch.tensor([int(self.signal_name is not None), int(self.failure is not None)], dtype=torch.int32)
+        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.ctx.control_group, async_op=True)
+        return work, flags
 
     def finish(self) -> None:
         """Wait for the agreement in flight (every rank started it), so that no collective is left behind."""

@@ -9,6 +9,9 @@ into it stops at once). On SIGTERM or SIGUSR1 the run checkpoints at the
 next step boundary and exits with status 0; the same command then resumes it.
 """
 
+import json
+import os
+
 from . import config, distributed, runlock
 from .arguments import ArgumentParser
 from .errors import cli
@@ -22,6 +25,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def report_outcome(outcome: str, step: int) -> None:
+    """Once every rank has finished (rank 0): one JSON line in $GPTDIST_OUTCOME_FILE, when it is set.
+
+    torchrun's status is not enough to judge a run on several nodes: the agent that hosts the
+    rendezvous store can leave before another agent has closed the rendezvous, and that one
+    exits 1 after a run that succeeded. slurm/train.sbatch and launch/multi-node.sh read this
+    file beside torchrun's status. It is written after the final checkpoint is durable.
+    """
+    path = os.environ.get("GPTDIST_OUTCOME_FILE")
+    if not path or distributed.rank() != 0:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"outcome": outcome, "step": step}) + "\n")
+    os.replace(tmp, path)
+
+
 @cli("gptdist.train")
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -31,11 +51,12 @@ def main(argv=None) -> None:
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
             trainer = Trainer(cfg, ctx)
             try:
-                trainer.fit()
+                outcome = trainer.fit()
                 # Finish together: a rank destroying the process group while another still uses it
                 # can abort the other at exit (seen after elastic restarts). Not on the error path,
                 # where the other ranks may be waiting in another collective.
                 distributed.barrier()
+                report_outcome("finished" if outcome == "done" else f"stopped by {outcome}", trainer.progress.step)
             finally:
                 trainer.close()
     finally:

@@ -70,7 +70,8 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.tracker = WandbTracker(cfg, ctx.is_main)  # without wandb installed: an error now, not later
         self.out_dir = Path(cfg.run.out_dir)
-        self.checkpointer = checkpoint.Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint.keep, ctx)
+        self.checkpointer = checkpoint.Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint.keep, ctx,
+                                                    background=cfg.checkpoint.async_)
         resume = self._resume_payload()
 
         manifest = shards.read_manifest(cfg.data.dir)
@@ -168,10 +169,12 @@ class Trainer:
                 self._log_first_step()
             if step % cfg.logging.interval == 0 or final:
                 self._log_step(step_loss, grad_norm)
+            self._note_finished_write(stop)
             stopping = stop.agreed()
-            # The checkpoint first: an evaluation or a sample that fails must not cost it.
+            # The checkpoint first: an evaluation or a sample that fails must not cost it. The
+            # last one, at a stop or the end, is on disk before the run goes on or exits.
             if step % cfg.checkpoint.interval == 0 or final or stopping:
-                self._save(step)
+                self._save(step, durable=final or stopping)
             if stopping:
                 print0(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
                        "run the same command again to resume")
@@ -227,14 +230,32 @@ class Trainer:
             "schedule.warmup_steps, then resume" + (f" from {newest[-1]}" if newest else "")
         )
 
-    def _save(self, step: int) -> None:
+    def _save(self, step: int, durable: bool) -> None:
+        """Checkpoint at this step boundary; with `durable`, return only once it is on disk."""
         self._check_divergence()
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
         if not bool(finite):  # one sync for all the weights
             raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
         summary = {"step": step, "epoch": self.epoch, "tokens_seen": self.progress.tokens_seen}
-        path = self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary)
-        print0(f"saved {path}")
+        self._log_saved(self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary))
+        if durable:
+            self._log_saved(self.checkpointer.wait())
+
+    def _note_finished_write(self, stop: StopRequest) -> None:
+        """A background write that ended since the last step: its row, or its failure, which stops every rank."""
+        try:
+            self._log_saved(self.checkpointer.poll())
+        except UserError as err:
+            stop.fail(err)
+
+    def _log_saved(self, saved: checkpoint.Saved | None) -> None:
+        if saved is None:
+            return
+        if self.log is not None:
+            self.log.write({"event": "checkpoint", "step": saved.step, "path": str(saved.path), "bytes": saved.bytes,
+                            "stall_s": saved.stall_s, "write_s": saved.write_s})
+        print0(f"saved {saved.path} ({saved.bytes / 2**20:,.0f} MiB; training stopped {saved.stall_s:.2f} s, "
+               f"written in {saved.write_s:.2f} s)")
 
     @property
     def epoch(self) -> float:
@@ -319,6 +340,11 @@ class Trainer:
         self.tracker.log(row, row["step"])
 
     def close(self) -> None:
+        """On any exit: a checkpoint still being written completes first (or says why it could not)."""
+        try:
+            self._log_saved(self.checkpointer.close())
+        except UserError as err:
+            print0(f"warning: {err}")
         self.tracker.finish()
         if self.log is not None:
             self.log.close()

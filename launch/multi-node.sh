@@ -11,6 +11,17 @@ if [ -z "${NPROC_PER_NODE:-}" ]; then
   NPROC_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [ "${NPROC_PER_NODE:-0}" -gt 0 ] || NPROC_PER_NODE=1
 fi
-exec torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" \
+# Status 0 exactly when training finished: rank 0 writes GPTDIST_OUTCOME_FILE once every rank is done
+# (on the node of rank 0; give a path on a shared filesystem to have every node see it), which settles
+# the case where torchrun exits 1 after a successful run (an agent leaving before the rendezvous closed).
+export GPTDIST_OUTCOME_FILE="${GPTDIST_OUTCOME_FILE:-$PWD/.gptdist-outcome-${RDZV_ID:-gptdist}-$(hostname)}"
+rm -f "$GPTDIST_OUTCOME_FILE"
+STATUS=0
+torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" \
   --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-gptdist}" \
-  -m gptdist.train "$@"
+  -m gptdist.train "$@" || STATUS=$?
+if [ -s "$GPTDIST_OUTCOME_FILE" ]; then
+  [ "$STATUS" = 0 ] || echo "gptdist: torchrun exited $STATUS after training finished: success"
+  exit 0  # the file stays: the other nodes may read it too
+fi
+exit "$STATUS"

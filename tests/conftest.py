@@ -1,6 +1,7 @@
 """Shared fixtures: the offline tokenizer files, The Verdict in the download cache, prepared shards,
 and a helper that runs gptdist's commands as real subprocesses (torchrun included)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -77,6 +78,11 @@ def train_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
             f"run.out_dir={out_dir}", *TINY, *overrides]
 
 
+def metrics_rows(out_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -98,6 +104,17 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(stat.parent.name))
     return children
+
+
+def make_unwritable(folder: Path) -> list[str]:
+    """Make `folder` unwritable even for root (immutable) where possible; returns the command that undoes it."""
+    if os.geteuid() == 0:
+        locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+        if locked.returncode != 0:
+            pytest.skip(f"root, and cannot make {folder} immutable: {locked.stderr.strip()}")
+        return ["chattr", "-i", str(folder)]
+    folder.chmod(0o500)
+    return ["chmod", "700", str(folder)]
 
 
 def wait_for_exit(pids: list[int], timeout: float = 30) -> None:

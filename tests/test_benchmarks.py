@@ -14,7 +14,7 @@ TINY_NANOGPT = "--device cpu --dtype float32 --no-compile --n-layer 1 --n-embd 6
 
 
 @pytest.mark.slow
-def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_and_the_fp8_curves(tmp_path, download_cache):
+def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_and_the_save_cost(tmp_path, download_cache):
     if not (NANOGPT / "model.py").is_file():
         pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
     pytest.importorskip("torchao")
@@ -22,7 +22,8 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_and_the_fp8_curves(tm
     env = {**os.environ, "RESULTS": str(results), "BENCH_STEPS": "--steps 2 --warmup 1", "OMP_NUM_THREADS": "1",
            "GPTDIST_ARGS": TINY_GPTDIST, "NANOGPT_ARGS": TINY_NANOGPT, "GPTDIST_CACHE": str(download_cache),
            "CURVE_STEPS": "30"}
-    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "compare", "shipped", "fp8"], cwd=REPO,
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "compare", "shipped", "fp8",
+                             "checkpoint"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
@@ -43,4 +44,7 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_and_the_fp8_curves(tm
         runs[("124M mb16", "gptdist")]["tokens_per_sec"] / runs[("124M mb16", "nanogpt")]["tokens_per_sec"], rel=1e-3)
     (curves,) = [r["losses"] for r in rows if r["label"] == "loss curves"]
     assert set(curves) == {"bf16", "tensorwise"} and len(curves["bf16"]) == len(curves["tensorwise"]) == 3
-    assert "| 124M mb16 | gptdist |" in result.stdout  # the table for docs/performance.md
+    (save,) = [r for r in rows if r["shape"] == "124M checkpoint"]
+    assert 0 < save["stall_s"] < save["blocking_s"] and save["bytes"] > 0
+    assert "| 124M mb16 | gptdist |" in result.stdout and "| 124M checkpoint | gptdist save | training stopped" \
+        in result.stdout  # the table for docs/performance.md

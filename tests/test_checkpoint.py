@@ -1,8 +1,13 @@
+import json
+import subprocess
+
 import pytest
 import torch
+from conftest import TINY, make_unwritable, run_module
 
 from gptdist import checkpoint, distributed
 from gptdist.errors import UserError
+from gptdist.snapshot import HostSnapshot
 
 SOLO = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -18,15 +23,17 @@ class Box:
         self.value = state["value"]
 
 
-def save_steps(folder, steps, keep=10):
-    saver = checkpoint.Checkpointer(folder, keep, SOLO)
+def save_steps(folder, steps, keep=10, background=True):
+    saver = checkpoint.Checkpointer(folder, keep, SOLO, background)
     for step in steps:
         saver.save(step, {"box": Box(torch.full((3,), float(step)))}, {"model": {}}, {"step": step})
+    saver.close()  # the last write completes
     return saver
 
 
-def test_saves_are_weights_only_loadable_and_pruned(tmp_path):
-    save_steps(tmp_path, [1, 2, 3, 4], keep=2)
+@pytest.mark.parametrize("background", [True, False], ids=["async", "blocking"])
+def test_saves_are_weights_only_loadable_and_pruned(tmp_path, background):
+    save_steps(tmp_path, [1, 2, 3, 4], keep=2, background=background)
     paths = checkpoint.checkpoint_paths(tmp_path)
     assert [p.name for p in paths] == ["step_00000003.pt", "step_00000004.pt"]
     raw = torch.load(paths[-1], weights_only=True)
@@ -60,3 +67,60 @@ def test_pickled_classes_are_never_loaded(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "evil": Box(1)}, path)
     with pytest.raises(UserError, match="cannot be loaded"):
         checkpoint.read(path)
+
+
+def test_a_background_save_writes_the_state_of_its_step_not_a_later_one(tmp_path):
+    box = Box(torch.zeros(1000))
+    saver = checkpoint.Checkpointer(tmp_path, 3, SOLO)
+    assert saver.save(1, {"box": box}, {"model": {}}, {"step": 1}) is None  # returns before the write
+    box.value += 1  # the next step changes the state in place while the write goes on
+    saved = saver.wait()
+    assert saved.step == 1 and saved.bytes == (tmp_path / "step_00000001.pt").stat().st_size
+    assert torch.equal(checkpoint.read(saved.path)["box"]["value"], torch.zeros(1000))
+    saver.save(2, {"box": box}, {"model": {}}, {"step": 2})
+    saver.close()
+    assert torch.equal(checkpoint.read(tmp_path / "step_00000002.pt")["box"]["value"], torch.ones(1000))
+
+
+def test_the_snapshot_reuses_its_buffers_and_copies_a_tied_weight_once():
+    weight = torch.randn(8, 4)
+    state = {"tok_emb.weight": weight, "out_head.weight": weight, "step": torch.tensor(3.0), "lr": 0.1}
+    snapshot = HostSnapshot(torch.device("cpu"))
+    first = snapshot.take(state)
+    assert first["tok_emb.weight"] is first["out_head.weight"] and first["lr"] == 0.1
+    assert first["tok_emb.weight"] is not weight and torch.equal(first["tok_emb.weight"], weight)
+    assert snapshot.bytes == (32 + 1) * 4
+    second = snapshot.take(state)
+    assert second["tok_emb.weight"] is first["tok_emb.weight"]  # the same host memory, save after save
+
+
+def test_a_failed_background_write_is_one_line_and_keeps_the_older_checkpoints(tmp_path):
+    save_steps(tmp_path, [1])
+    saver = checkpoint.Checkpointer(tmp_path, 1, SOLO)
+    undo = make_unwritable(tmp_path)
+    try:
+        saver.save(2, {"box": Box(torch.ones(3))}, {"model": {}}, {"step": 2})
+        with pytest.raises(UserError, match=r"cannot write checkpoint .*step_00000002.pt: (Permission denied|"
+                                            r"Operation not permitted); older checkpoints .* are intact"):
+            saver.wait()
+    finally:
+        subprocess.run(undo, check=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
+    checkpoint.read(tmp_path / "step_00000001.pt")
+
+
+def test_a_half_written_file_of_a_killed_run_is_removed(tmp_path):
+    save_steps(tmp_path, [1])
+    (tmp_path / ".step_00000002.pt.tmp").write_bytes(b"half")
+    checkpoint.Checkpointer(tmp_path, 3, SOLO).close()
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
+
+
+def test_bench_checkpoint_reports_what_a_blocking_and_a_background_save_cost(verdict_data):
+    result = run_module("gptdist.bench", "checkpoint", "--config", "configs/verdict-tiny.yaml", "--rounds", "2",
+                        f"data.dir={verdict_data}", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 < row["stall_s"] < row["blocking_s"] and row["write_s"] > 0
+    # the snapshot is the state the file holds, once: no second copy for serialisation
+    assert 0.9 * row["bytes"] < row["snapshot_host_bytes"] <= row["bytes"]

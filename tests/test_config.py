@@ -49,3 +49,13 @@ def test_config_errors_name_the_key(overrides, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file .*nope.yaml does not exist"):
         config.load(str(tmp_path / "nope.yaml"), [])
+
+
+def test_a_key_that_is_a_python_keyword_reads_and_writes_by_its_own_name(tmp_path):
+    cfg = config.load(None, ["checkpoint.async=false"])
+    assert cfg.checkpoint.async_ is False and config.load(None, []).checkpoint.async_ is True
+    assert cfg.to_dict()["checkpoint"]["async"] is False
+    config.save(cfg, tmp_path / "config.yaml")  # a run's saved config loads back as it was
+    assert config.load(str(tmp_path / "config.yaml"), []).checkpoint.async_ is False
+    with pytest.raises(UserError, match=r"unknown config key checkpoint.async_; valid keys of checkpoint: .*\basync\b"):
+        config.load(None, ["checkpoint.async_=true"])

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_module, train_args
+from conftest import metrics_rows, run_module, train_args
 from openai_layout import HPARAMS, random_params, reference_logits, write_tf_checkpoint
 
 from gptdist import checkpoint, gpt2
@@ -63,7 +63,7 @@ def test_training_continues_from_openai_weights(tmp_path, openai_dir, verdict_da
     assert "initialised from OpenAI GPT-2 weights" in result.stdout
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["model"]["emb_dim"] == HPARAMS["n_embd"] and start["config"]["model"]["qkv_bias"]
-    first_eval = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line][0]
+    first_eval = [row for row in metrics_rows(out) if "val_loss" in row][0]
     reference = gpt2.load_openai_gpt2(folder)
     saved = checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])["model"]
     moved = (saved["trf_blocks.0.att.qkv.weight"] - reference.state_dict()["trf_blocks.0.att.qkv.weight"]).abs()

@@ -1,5 +1,6 @@
 """Launches without SLURM: c10d rendezvous across agents, and workers restarted under --max-restarts."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,3 +73,25 @@ def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_pa
     assert agent.returncode == 0, output[-3000:]
     assert "resumed from" in output
     assert same_weights(newest_model(out), reference)
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_multi_node_script_succeeds_exactly_when_training_finished(tmp_path, verdict_data, outcome):
+    """launch/multi-node.sh on two agents (c10d, one hosting the store): torchrun alone may exit 1 after
+    a successful run; the script's status follows rank 0's outcome file."""
+    out = tmp_path / "run"
+    port = free_port()
+    overrides = RUN if outcome == "finished" else (*RUN, "model.n_heads=3")  # 64 wide: heads do not divide it
+    env = {**ENV, "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "script",
+           "GPTDIST_OUTCOME_FILE": str(tmp_path / "outcome")}
+    agents = [subprocess.Popen(["bash", "launch/multi-node.sh", *train_args(verdict_data, out, *overrides)], env=env,
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    statuses = [agent.returncode for agent in agents]
+    if outcome == "finished":
+        assert statuses == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+        assert json.loads((tmp_path / "outcome").read_text()) == {"outcome": "finished", "step": 24}
+    else:
+        assert 0 not in statuses and not (tmp_path / "outcome").exists()
+        assert "model.n_heads" in outputs[0] + outputs[1]

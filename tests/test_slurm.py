@@ -4,8 +4,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, train_args
@@ -30,9 +32,10 @@ def slurm():
         subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, timeout=60)
 
 
-def sbatch(tmp_path, *args, wait=False):
-    env = {**os.environ, "NPROC_PER_NODE": "2"}
-    command = ["sbatch", "--parsable", "--cpus-per-task=1", "--ntasks-per-node=1", f"--output={tmp_path}/job.log",
+def sbatch(tmp_path, *args, wait=False, agents=1, log="job.log"):
+    """Submit slurm/train.sbatch: `agents` torchrun agents (tasks) on the node, 2 processes in all."""
+    env = {**os.environ, "NPROC_PER_NODE": str(2 // agents)}
+    command = ["sbatch", "--parsable", "--cpus-per-task=1", f"--ntasks-per-node={agents}", f"--output={tmp_path}/{log}",
                *(["--wait"] if wait else []), str(REPO / "slurm" / "train.sbatch"), *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     job = re.search(r"^(\d+)", result.stdout.strip())
@@ -95,3 +98,50 @@ def test_failing_training_ends_failed(slurm, tmp_path, verdict_data):
     assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0"
     assert result.returncode != 0
     assert "unknown config key train.no_such_key" in (tmp_path / "job.log").read_text()
+
+
+def kill_a_worker(out, job: str) -> None:
+    """SIGKILL one training process of the job once it trains (found by its run.out_dir)."""
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").exists() or '"step": 2,' not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and job_info(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.2)
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"run.out_dir={out}".encode() in args and b"gptdist.train" in args and b"--nnodes" not in b" ".join(args):
+            os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            return
+    raise AssertionError("no training process found")
+
+
+def test_two_agent_jobs_end_with_the_right_status_twenty_times_in_a_row(slurm, tmp_path, verdict_data):
+    """Two torchrun agents meeting by c10d, as on two nodes: an agent can exit 1 after a successful run.
+
+    The job's status must say whether training finished: 0 for every successful run, non-zero
+    when a worker is killed.
+    """
+    failing = {6, 13}
+    statuses = []
+    for run in range(20):
+        out = tmp_path / f"run{run}"
+        steps = 100000 if run in failing else 3
+        result, job = sbatch(tmp_path, *train_args(verdict_data, out, f"train.max_steps={steps}", "logging.interval=1",
+                                                   "eval.interval=100000", "checkpoint.interval=100000"),
+                             agents=2, log=f"job{run}.log")
+        assert result.returncode == 0, result.stderr
+        if run in failing:
+            kill_a_worker(out, job)
+        info = wait_for_end(job)
+        log = (tmp_path / f"job{run}.log").read_text()
+        statuses.append((run, info["JobState"], info["ExitCode"]))
+        if run in failing:
+            assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", log[-3000:]
+            assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+        else:
+            assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (statuses, log[-3000:])
+            assert (out / "checkpoints" / "step_00000003.pt").is_file()
+            assert "x 1, rendezvous" in log
+    assert not list(REPO.glob(".gptdist-outcome-*")), "the job left its outcome file behind"

@@ -1,6 +1,5 @@
 """Real training runs: torchrun with gloo on CPU, kill and resume, config and data errors."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,18 +8,19 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, child_pids, run_module, torchrun_command, train_args, wait_for_exit
+from conftest import (
+    REPO,
+    child_pids,
+    metrics_rows,
+    newest_model,
+    run_module,
+    torchrun_command,
+    train_args,
+    wait_for_exit,
+)
 
 from gptdist import checkpoint
 from gptdist.errors import UserError
-
-
-def final_model(out_dir):
-    return checkpoint.read(checkpoint.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
-
-
-def rows(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def torchrun(nproc, *args, timeout=600):
@@ -35,7 +35,7 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     result = torchrun(2, *train_args(verdict_data, out, "train.epochs=6", "eval.interval=20",
                                      "checkpoint.interval=20", "logging.interval=5"))
     assert result.returncode == 0, result.stderr[-3000:]
-    records = rows(out)
+    records = metrics_rows(out)
     start = records[0]
     assert start["event"] == "start" and start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 32
     assert start["setup_s"] >= start["data_verify_s"] >= 0
@@ -87,9 +87,9 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
 
     result = torchrun(2, *train_args(verdict_data, killed, *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
-    resumes = [r for r in rows(killed) if r.get("event") == "resume"]
+    resumes = [r for r in metrics_rows(killed) if r.get("event") == "resume"]
     assert len(resumes) == 1 and resumes[0]["step"] >= 10
-    a, b = final_model(whole), final_model(killed)
+    a, b = newest_model(whole), newest_model(killed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -109,7 +109,7 @@ def test_single_process_run_without_torchrun(tmp_path, verdict_data):
     out = tmp_path / "solo"
     result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "logging.interval=1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["step"] for r in rows(out) if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in metrics_rows(out) if "loss" in r] == [1, 2, 3]
     # run again: it resumes at the end and trains no further
     again = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3"))
     assert again.returncode == 0 and "resumed from" in again.stdout

@@ -1,9 +1,8 @@
-import json
 import os
 import subprocess
 
 import pytest
-from conftest import REPO, run_module, torchrun_command, train_args
+from conftest import REPO, metrics_rows, run_module, torchrun_command, train_args
 from wandb_offline import history, run_ids
 
 pytest.importorskip("wandb")
@@ -27,7 +26,7 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     (log,) = runs[0].glob("run-*.wandb")
     rows = history(log)
     losses = {row["_step"]: row["loss"] for row in rows if "loss" in row}
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = metrics_rows(out)
     assert losses == {r["step"]: r["loss"] for r in metrics if "loss" in r}
     assert {r["_step"]: r["val_loss"] for r in rows if "val_loss" in r} == \
         {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
