@@ -22,31 +22,30 @@ class HostSnapshot:
 
     def take(self, state):
         """`state` (nested dicts, lists and tuples) with every tensor replaced by a host copy."""
-        self._kept, self._copied = self.buffers, {}
-        self.buffers = {}  # refilled with the buffers this state uses: none left over from another
-        copy = self._copy(state, ())
-        del self._kept, self._copied
+        kept, self.buffers = self.buffers, {}  # refilled with the buffers this state uses: none left from another
+        copied: dict[tuple, torch.Tensor] = {}  # by identity: a tied weight appears under two names
+
+        def copy_tensor(tensor: torch.Tensor, where: tuple) -> torch.Tensor:
+            identity = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            if tensor.numel() and identity in copied:  # one copy, saved once, as torch.save would
+                return copied[identity]
+            buffer = kept.get(where)
+            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self.pinned)
+            buffer.copy_(tensor, non_blocking=self.pinned)
+            self.buffers[where] = copied[identity] = buffer
+            return buffer
+
+        def copy(value, where: tuple):
+            if isinstance(value, torch.Tensor):
+                return copy_tensor(value.detach(), where)
+            if isinstance(value, dict):
+                return {key: copy(item, (*where, key)) for key, item in value.items()}
+            if isinstance(value, (list, tuple)):
+                return type(value)(copy(item, (*where, i)) for i, item in enumerate(value))
+            return value  # plain values are immutable or rebuilt at every save
+
+        snapshot = copy(state, ())
         if self.pinned:
             torch.cuda.current_stream().synchronize()  # the non-blocking copies have landed
-        return copy
-
-    def _copy(self, value, where: tuple):
-        if isinstance(value, torch.Tensor):
-            return self._copy_tensor(value.detach(), where)
-        if isinstance(value, dict):
-            return {key: self._copy(item, (*where, key)) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._copy(item, (*where, i)) for i, item in enumerate(value))
-        return value  # plain values are immutable or rebuilt at every save
-
-    def _copy_tensor(self, tensor: torch.Tensor, where: tuple) -> torch.Tensor:
-        # A tied weight appears under two names: one copy, saved once, as torch.save would.
-        identity = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-        if tensor.numel() and identity in self._copied:
-            return self._copied[identity]
-        buffer = self._kept.get(where)
-        if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
-            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self.pinned)
-        buffer.copy_(tensor, non_blocking=self.pinned)
-        self.buffers[where] = self._copied[identity] = buffer
-        return buffer
+        return snapshot
