@@ -199,7 +199,7 @@ class Checkpointer:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="gptdist-checkpoint") if ctx.is_main else None
         self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
         if ctx.is_main and self.folder.is_dir():  # a killed run's half-written file: never a checkpoint
-            for stale in self.folder.glob(".step_*.pt.tmp"):
+            for stale in self.folder.glob(_temporary(self.folder / "step_*.pt").name):
                 stale.unlink()
 
     def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Saved | None:

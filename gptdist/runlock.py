@@ -31,8 +31,9 @@ def _holder(text: str) -> str:
         return "a process that left no record"
 
 
-def _unwritable(out_dir: Path, err: OSError) -> UserError:
-    return UserError(f"cannot write in run.out_dir {out_dir}: {err.strerror or err}; "
+def unwritable(out_dir: Path, err: OSError, which: str = "") -> UserError:
+    """The one line for a run.out_dir this run cannot write in (`which`: the file, where it matters)."""
+    return UserError(f"cannot write in run.out_dir {out_dir}: {err.strerror or err}{which}; "
                      "choose a run.out_dir this user can write to")
 
 
@@ -43,7 +44,7 @@ def acquire(out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         file = open(path, "a+")
     except OSError as err:
-        raise _unwritable(out_dir, err) from None
+        raise unwritable(out_dir, err) from None
     try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -67,7 +68,7 @@ def acquire(out_dir: Path):
         probe.unlink()
     except OSError as err:
         release(file)
-        raise _unwritable(out_dir, err) from None
+        raise unwritable(out_dir, err) from None
     return file
 
 

@@ -22,6 +22,7 @@ from .guard import NonFiniteGuard
 from .model import GPTModel
 from .optimizer import adamw
 from .parallelize import parallelize
+from .runlock import unwritable
 from .sampling import complete, prompt_ids
 from .schedule import WarmupCosineSchedule
 from .states import Progress, RNGState
@@ -269,8 +270,7 @@ class Trainer:
             config.save(self.cfg, self.out_dir / "config.yaml")
             self.log = metrics.MetricsLog(self.out_dir)
         except OSError as err:
-            raise UserError(f"cannot write in run.out_dir {self.out_dir}: {err.strerror or err} ({err.filename}); "
-                            "choose a run.out_dir this user can write to") from None
+            raise unwritable(self.out_dir, err, f" ({err.filename})") from None
         self.tracker.start(self.out_dir)
         if self.resumed_from:
             self.log.write({"event": "resume", "step": self.progress.step, "checkpoint": self.resumed_from,
