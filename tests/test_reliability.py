@@ -38,6 +38,34 @@ def train(nproc, data, out, *overrides):
     return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
+# Every background write is held open for this long before its rename: the window is certain.
+SLOW_WRITES = {**ENV, "GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S": "3"}
+FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1")
+
+
+def start(data: Path, out: Path, *overrides: str, env=ENV) -> subprocess.Popen:
+    """A training run in the background."""
+    return subprocess.Popen([sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(done, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll `done()` while `proc` runs; fail with its stderr if it ends first or the time runs out."""
+    deadline = time.time() + timeout
+    while not done():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen) -> None:
+    wait_until(path.exists, proc)
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen) -> None:
+    metrics = out / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and f'"step": {step},' in metrics.read_text(), proc)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(tmp_path, verdict_data):
     out = tmp_path / "run"
@@ -118,28 +146,12 @@ def tmpfs(path: Path, size: str):
         pytest.skip(f"cannot mount a small tmpfs to fill: {mounted.stderr.strip()}")
 
 
-# Every background write is held open for this long before its rename: the window is certain.
-SLOW_WRITES = {**ENV, "GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S": "3"}
-FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1")
-
-
-def start(data: Path, out: Path, *overrides: str, env=SLOW_WRITES) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_picks_it(tmp_path, verdict_data):
     out = tmp_path / "run"
     folder = out / "checkpoints"
-    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3", "model.drop_rate=0.0")
+    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3", "model.drop_rate=0.0",
+                 env=SLOW_WRITES)
     wait_for_file(folder / ".step_00000004.pt.tmp", proc)  # step 2 is on disk (a save waits for the previous)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -159,7 +171,7 @@ def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_
 def test_sigusr1_during_a_background_write_exits_0_with_both_checkpoints_durable(tmp_path, verdict_data):
     out = tmp_path / "run"
     folder = out / "checkpoints"
-    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=10")
+    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=10", env=SLOW_WRITES)
     wait_for_file(folder / ".step_00000002.pt.tmp", proc)
     proc.send_signal(signal.SIGUSR1)
     stdout, stderr = proc.communicate(timeout=120)
@@ -214,19 +226,9 @@ def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, ve
     assert checkpoint.read(folder / "step_00000001.pt")
 
 
-def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not (out / "metrics.jsonl").exists() or f'"step": {step},' not in (out / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-
-
 def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict_data):
     out = tmp_path / "run"
-    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000",
-                      "eval.interval=100000")
-    first = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start(verdict_data, out, *FOREVER, "checkpoint.interval=100000")
     wait_for_step(out, 2, first)
     config_before = (out / "config.yaml").read_bytes()
     second = train(1, verdict_data, out, "train.max_steps=3")
@@ -246,10 +248,7 @@ def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, verdict_data):
     out = tmp_path / "run"
-    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=2",
-                      "eval.interval=100000")
-    killed = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = start(verdict_data, out, *FOREVER, "checkpoint.interval=2")
     wait_for_file(out / "checkpoints" / "step_00000002.pt", killed)  # written in the background: on disk now
     killed.send_signal(signal.SIGKILL)
     killed.wait()
