@@ -10,6 +10,9 @@
 #   fp8      FP8 matmuls (torchao) on 355M at micro-batch 16: speed, and a loss curve beside bf16 where
 #            a corpus can be prepared (The Verdict in $GPTDIST_CACHE, tiktoken's files in $TIKTOKEN_CACHE_DIR)
 #   checkpoint  what a save of 124M costs training: blocking vs background (gptdist.bench checkpoint)
+#   fsdp     124M at micro-batch 32 under torchrun on this GPU, ddp then fsdp; then gpt2-large and gpt2-xl
+#            with fsdp and activation checkpointing as configs/gutenberg-gpt2-{large,xl}.yaml ship them:
+#            memory per rank (gptdist.bench memory) and time per step on this one GPU
 #   all      every part
 # Every run appends one JSON row to benchmarks/results-gpu.jsonl (RESULTS overrides): label, shape,
 # tokens_per_sec, mfu, peak_memory_mb, gpu, torch (or the error it ended with). Then
@@ -20,10 +23,10 @@
 # runs the script on a CPU with tiny models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|checkpoint|all ...]}
+NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|checkpoint|fsdp|all ...]}
 shift
 PARTS=${*:-compare shipped}
-[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8 checkpoint"
+[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8 checkpoint fsdp"
 OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 TMP=$(mktemp -d)
@@ -103,7 +106,18 @@ bench.synthetic_corpus(Path('$TMP/text'), 32)" 2>/dev/null; then  # 32 MB of The
     checkpoint)
       record "124M checkpoint" "gptdist save" python -m gptdist.bench checkpoint --config $SMALL data.dir="$TMP/tokens" \
         "${GPTDIST_EXTRA[@]}" ;;
-    *) echo "unknown part $part (compare, shipped, modes, model, fp8, checkpoint, all)" >&2; exit 2 ;;
+    fsdp)
+      for parallel in ddp fsdp; do
+        label=gptdist; [ $parallel = fsdp ] && label="gptdist parallel=fsdp"
+        record "124M mb32 torchrun" "$label" torchrun --standalone --nproc_per_node=1 -m gptdist.bench train \
+          --config $SMALL "${STEPS[@]}" data.dir="$TMP/tokens" train.grad_accum_steps=1 train.micro_batch_size=32 \
+          train.parallel=$parallel "${GPTDIST_EXTRA[@]}"
+      done
+      for size in large xl; do
+        record "gpt2-$size fsdp" "gptdist memory" torchrun --standalone --nproc_per_node=1 -m gptdist.bench memory \
+          --config configs/gutenberg-gpt2-$size.yaml data.dir="$TMP/tokens" train.grad_accum_steps=1 "${GPTDIST_EXTRA[@]}"
+      done ;;
+    *) echo "unknown part $part (compare, shipped, modes, model, fp8, checkpoint, fsdp, all)" >&2; exit 2 ;;
   esac
 done
 python benchmarks/gpu_report.py "$OUT"

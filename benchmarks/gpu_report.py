@@ -80,6 +80,10 @@ def report(path: Path) -> None:
             shown = f"**{ratio['ratio']:.2f}x** {ratio['label'].split(' / ')[1]}" if ratio else ""
             print(f"| {r['shape']} | {r['label']} | {r['tokens_per_sec'] / 1e3:,.0f}K | {100 * r['mfu']:.1f}% | "
                   f"{r['peak_memory_mb'] / 1024:.1f} GB | {shown} |")
+        elif "state_mb" in r:
+            print(f"| {r['shape']} | {r['label']} | {r['ms_per_step']:,.0f} ms/step at micro-batch {r['micro_batch_size']}: "
+                  f"state {r['state_mb'] / 1024:.1f} GB, activations {r['activations_mb'] / 1024:.1f} GB per rank | | "
+                  f"{r['peak_memory_mb'] / 1024:.1f} GB | |")
         elif "stall_s" in r:
             print(f"| {r['shape']} | {r['label']} | training stopped {r['stall_s']:.2f} s (blocking save: "
                   f"{r['blocking_s']:.2f} s) for {r['bytes'] / 1e9:.2f} GB | | | |")

@@ -5,6 +5,7 @@
     python -m gptdist.bench data --config configs/bench-cpu-small.yaml
     python -m gptdist.bench prepare --megabytes 64 --workers 2
     python -m gptdist.bench checkpoint --config configs/bench-cpu-small.yaml
+    torchrun --nproc_per_node=2 -m gptdist.bench memory --config configs/bench-cpu-small.yaml train.parallel=fsdp
 
 Each prints a table and one JSON line. MFU is computed as training logs it (gptdist/flops.py):
 6N + 12·L·T·d FLOPs per token against the device's peak, a table of known GPUs (bf16 dense;
@@ -182,6 +183,54 @@ def bench_checkpoint(args) -> dict:
         distributed.teardown()
 
 
+def bench_memory(args) -> dict:
+    """Per rank: the state kept through the run, what one micro-batch's forward keeps for its
+    backward (gptdist/memory.py), and the time of a step; the largest rank's figures."""
+    from .memory import SavedForBackward, state_bytes
+    from .trainer import Trainer
+
+    cfg = config.load(args.config, args.overrides)
+    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
+    cfg.train.max_steps = args.steps + 3
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, ctx)
+        trainer.model.train()
+        for _ in range(2):  # AdamW's moments exist after a step; compilation is done
+            trainer.train_step(trainer.next_batches())
+        batch = trainer.next_batches()[0]
+        with SavedForBackward(trainer.model) as saved, trainer.autocast:
+            loss = trainer.parallel.loss(batch[:, :-1], batch[:, 1:])
+        activations = saved.bytes
+        loss.backward()
+        state = state_bytes(trainer.model, trainer.optimizer)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        synchronize(ctx.device)
+        distributed.barrier()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step(trainer.next_batches())
+        synchronize(ctx.device)
+        step_seconds = (time.perf_counter() - start) / args.steps
+        figures = torch.tensor([*state.values(), activations, step_seconds, peak_memory_mb(ctx.device)],
+                               dtype=torch.float64)
+        params_b, grads_b, optim_b, activations_b, step_s, peak_mb = distributed.all_reduce_max(figures).tolist()
+        mib = 2**20
+        result = {"benchmark": "memory", "config": args.config, "overrides": args.overrides,
+                  "device": str(ctx.device), "world_size": ctx.world_size, "parallel": cfg.train.parallel,
+                  "activation_checkpointing": cfg.train.activation_checkpointing,
+                  "precision": str(trainer.dtype).removeprefix("torch."), "parameters": trainer.model.num_params(),
+                  "micro_batch_size": cfg.train.micro_batch_size, "context_length": cfg.model.context_length,
+                  "parameters_mb": params_b / mib, "gradients_mb": grads_b / mib, "optimizer_mb": optim_b / mib,
+                  "state_mb": (params_b + grads_b + optim_b) / mib, "activations_mb": activations_b / mib,
+                  "ms_per_step": 1000 * step_s, "peak_memory_mb": peak_mb}
+        trainer.close()
+        return result
+    finally:
+        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        distributed.teardown()
+
+
 def bench_data(args) -> dict:
     """Samples per second from the shards alone: sampler + memmap windows, no model."""
     from . import shards
@@ -255,7 +304,9 @@ def parse_args(argv=None):
     train = sub.add_parser("train", help="the training step of a config")
     data = sub.add_parser("data", help="the data loader alone")
     save = sub.add_parser("checkpoint", help="the training time a checkpoint costs, blocking and in the background")
-    for p in (train, data, save):
+    memory = sub.add_parser("memory", help="per-rank memory: state (parameters, gradients, AdamW) and activations")
+    memory.add_argument("--steps", type=positive_int, default=5, help="timed steps")
+    for p in (train, data, save, memory):
         p.add_argument("--config", required=True)
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
     train.add_argument("--steps", type=positive_int, default=20, help="timed steps")
@@ -276,7 +327,8 @@ def parse_args(argv=None):
 @cli("gptdist.bench")
 def main(argv=None) -> None:
     args = parse_args(argv)
-    benchmarks = {"train": bench_train, "data": bench_data, "checkpoint": bench_checkpoint, "prepare": bench_prepare}
+    benchmarks = {"train": bench_train, "data": bench_data, "checkpoint": bench_checkpoint, "prepare": bench_prepare,
+                  "memory": bench_memory}
     result = benchmarks[args.what](args)
     if distributed.rank() == 0:
         print_table(result)

@@ -78,6 +78,12 @@ class TrainConfig:
     tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
     reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (see gptdist/host_memory.py)
     ddp_bucket_mb: int = 25  # DDP gradient all-reduce bucket size
+    # ddp: every rank holds all weights, gradients and AdamW moments (16 bytes per parameter). fsdp: FSDP2
+    # shards them across the ranks (about 16 / world_size bytes per parameter) and gathers each block's
+    # weights just before it runs; for models whose state does not fit one GPU. Needs torchrun.
+    parallel: str = "ddp"
+    fsdp_reshard_after_forward: bool = True  # fsdp: free each block's gathered weights after its forward (gathered again in backward)
+    activation_checkpointing: str = "none"  # none|blocks: keep only each block's input, recompute the rest in backward
 
 
 @dataclass
@@ -109,6 +115,10 @@ class CheckpointConfig:
     # `checkpoint.async` (a Python keyword, hence the _): write in the background while training goes
     # on; training stops only to copy the state into host memory. false: every save blocks until durable.
     async_: bool = True
+    # false: rank 0 writes one file with the full state (gathered to its host memory under fsdp).
+    # true: a torch.distributed.checkpoint folder, every rank writing its own shards; for models whose
+    # full state should not pass through one host. Both resume on any world size, under ddp or fsdp.
+    sharded: bool = False
 
 
 @dataclass
@@ -164,6 +174,8 @@ CHOICES = {
     "model.vocab_padding": ("bias", "slice"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "train.float8": ("tensorwise", "rowwise"),
+    "train.parallel": ("ddp", "fsdp"),
+    "train.activation_checkpointing": ("none", "blocks"),
 }
 
 

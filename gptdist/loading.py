@@ -5,15 +5,15 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config, gpt2
+from . import checkpoint, config, gpt2, sharded_checkpoint
 from .errors import UserError
 from .model import GPTModel
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run folder's newest checkpoint."""
+    """A checkpoint file or sharded checkpoint folder as given, or a run folder's newest checkpoint."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not sharded_checkpoint.is_sharded(path):
         found = checkpoint.checkpoint_paths(path / "checkpoints") or checkpoint.checkpoint_paths(path)
         if not found:
             raise UserError(f"{path} holds no checkpoints (looked in {path / 'checkpoints'} and {path})")
@@ -26,14 +26,17 @@ def checkpoint_file(path: str | Path) -> Path:
 def model_from_checkpoint(path: str | Path) -> GPTModel:
     payload = checkpoint.read(checkpoint_file(path))
     model = GPTModel(config.build({"model": payload["config"]["model"]}).model)
-    model.load_state_dict(payload["model"])
+    if payload.get("sharded"):
+        sharded_checkpoint.load_model(Path(payload["sharded"]), model)
+    else:
+        model.load_state_dict(payload["model"])
     return model
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate and evaluate."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a gptdist checkpoint file, or a run folder (its newest checkpoint)")
+    source.add_argument("--checkpoint", help="a gptdist checkpoint (file or sharded folder), or a run folder (its newest)")
     source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, cached)")
     source.add_argument("--gpt2-dir", help="a folder already holding OpenAI GPT-2 files")
 

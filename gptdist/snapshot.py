@@ -5,24 +5,32 @@ step changes the weights and AdamW moments in place. The copy goes into buffers 
 from one save to the next (a save waits for the previous write, so one set is enough),
 pinned on CUDA so that the device-to-host copies run at full bandwidth. All the copies
 are queued on the current stream, after the step's kernels, and waited for once.
+
+A DTensor (a shard of a sharded checkpoint) is copied as its local shard, into a DTensor on
+the host that keeps the original's mesh and placements: what torch.distributed.checkpoint
+needs to know where the shard belongs.
 """
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 class HostSnapshot:
     def __init__(self, device: torch.device):
         self.pinned = device.type == "cuda"
         self.buffers: dict[tuple, torch.Tensor] = {}  # by position in the state: the same tensors at every save
+        self.shards: dict[tuple, DTensor] = {}  # the same for DTensors
 
     @property
     def bytes(self) -> int:
         """The host memory the snapshot holds."""
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+        local = [s.to_local() for s in self.shards.values()]
+        return sum(b.numel() * b.element_size() for b in [*self.buffers.values(), *local])
 
     def take(self, state):
         """`state` (nested dicts, lists and tuples) with every tensor replaced by a host copy."""
         kept, self.buffers = self.buffers, {}  # refilled with the buffers this state uses: none left from another
+        kept_shards, self.shards = self.shards, {}
         copied: dict[tuple, torch.Tensor] = {}  # by identity: a tied weight appears under two names
 
         def copy_tensor(tensor: torch.Tensor, where: tuple) -> torch.Tensor:
@@ -36,7 +44,18 @@ class HostSnapshot:
             self.buffers[where] = copied[identity] = buffer
             return buffer
 
+        def copy_dtensor(tensor: DTensor, where: tuple) -> DTensor:
+            staged = kept_shards.get(where)
+            if staged is None or staged.shape != tensor.shape or staged.placements != tensor.placements:
+                staged = tensor.to("cpu", copy=True)  # a host DTensor: the local shard copied, mesh and placements kept
+            else:
+                staged.to_local().copy_(tensor.to_local())
+            self.shards[where] = staged
+            return staged
+
         def copy(value, where: tuple):
+            if isinstance(value, DTensor):
+                return copy_dtensor(value.detach(), where)
             if isinstance(value, torch.Tensor):
                 return copy_tensor(value.detach(), where)
             if isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""The training loop: DDP over the shards, evaluation, samples, metrics and checkpoints.
+"""The training loop: DDP or FSDP over the shards, evaluation, samples, metrics and checkpoints.
 
 Read `Trainer.fit` top to bottom for one optimizer step: pick this rank's samples,
 run the micro-batches (gradients synchronised only on the last), clip, step, log,
@@ -21,7 +21,7 @@ from .flops import device_peak, flops_per_token
 from .guard import NonFiniteGuard
 from .model import GPTModel
 from .optimizer import adamw
-from .parallelize import parallelize
+from .parallelize import local_tensor, parallelize
 from .runlock import unwritable
 from .sampling import complete, prompt_ids
 from .schedule import WarmupCosineSchedule
@@ -29,6 +29,7 @@ from .states import Progress, RNGState
 from .stopping import StopRequest
 from .throughput import Throughput, duration
 from .tracking import WandbTracker
+from .train_state import ModelState, OptimizerState
 
 # Keys that change the shapes of the weights: a checkpoint must match them to be resumed.
 ARCHITECTURE_KEYS = ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",
@@ -72,7 +73,7 @@ class Trainer:
         self.tracker = WandbTracker(cfg, ctx.is_main)  # without wandb installed: an error now, not later
         self.out_dir = Path(cfg.run.out_dir)
         self.checkpointer = checkpoint.Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint.keep, ctx,
-                                                    background=cfg.checkpoint.async_)
+                                                    background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded)
         resume = self._resume_payload()
 
         manifest = shards.read_manifest(cfg.data.dir)
@@ -119,12 +120,15 @@ class Trainer:
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
-        self.parallel = parallelize(self.model, cfg.train, ctx)  # FP8 layers, the loss, DDP, torch.compile
+        # FP8 layers, activation checkpointing, torch.compile, DDP or FSDP: the optimizer comes after,
+        # since fully_shard replaces the parameters with their shards.
+        self.parallel = parallelize(self.model, cfg.train, ctx, self.dtype)
         self.optimizer = adamw(self.model, cfg.optim)  # fused: it skips non-finite steps on the device
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
         self.schedule = WarmupCosineSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps)
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
-        self.states = {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
+        self.states = {"model": ModelState(self.model), "optimizer": OptimizerState(self.model, self.optimizer),
+                       "scaler": self.scaler,
                        "schedule": self.schedule, "sampler": self.sampler, "progress": self.progress,
                        "rng": RNGState(ctx, cfg.run.seed), "tracking": self.tracker}
         if resume:
@@ -143,12 +147,12 @@ class Trainer:
                 raise UserError(f"{folder} already holds checkpoints and checkpoint.resume is never; "
                                 "use another run.out_dir so that they are not overwritten")
             return None
-        payload = checkpoint.newest_good(folder) if mode == "auto" else checkpoint.read(Path(mode))
+        payload = checkpoint.newest_good(folder) if mode == "auto" else {**checkpoint.read(Path(mode)), "path": mode}
         if payload is None:
             if checkpoint.checkpoint_paths(folder):
                 raise UserError(f"no checkpoint in {folder} can be loaded; move them away to start afresh")
             return None
-        check_architecture(payload["config"]["model"], self.cfg.model, payload["path"] if mode == "auto" else mode)
+        check_architecture(payload["config"]["model"], self.cfg.model, payload["path"])
         return payload
 
     # --- the run -------------------------------------------------------------------
@@ -207,10 +211,10 @@ class Trainer:
                 self.scaler.scale(loss / len(batches)).backward()
             step_loss += loss.detach() / len(batches)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
+        grad_norm = self.parallel.clip_grad_norm(self.cfg.train.grad_clip or float("inf"))
         # A non-finite step is never applied, decided on the device: the fused optimizer skips
         # its update when found_inf is set (guard.py). The gradient norm is the same on every
-        # rank (the gradients are all-reduced), so every rank skips the same steps.
+        # rank (that of the reduced gradients), so every rank skips the same steps.
         self.optimizer.found_inf = self.guard.update(grad_norm, step_loss, loss_scaling=self.scaler.is_enabled())
         self.optimizer.step()
         self.scaler.update()
@@ -234,8 +238,9 @@ class Trainer:
     def _save(self, step: int, durable: bool) -> None:
         """Checkpoint at this step boundary; with `durable`, return only once it is on disk."""
         self._check_divergence()
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        if not bool(finite):  # one sync for all the weights
+        # Each rank checks what it holds (its shards under fsdp), all in one sync, and every rank learns the verdict.
+        finite = torch.stack([torch.isfinite(local_tensor(p)).all() for p in self.model.parameters()]).all()
+        if distributed.any_rank(not bool(finite), self.ctx):
             raise UserError(f"the weights are not finite at step {step}: no checkpoint written")
         summary = {"step": step, "epoch": self.epoch, "tokens_seen": self.progress.tokens_seen}
         self._log_saved(self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary))
@@ -317,20 +322,21 @@ class Trainer:
     def _evaluate(self) -> None:
         start = time.perf_counter()
         train_loss, val_loss = self.evaluate()
+        eval_s = round(time.perf_counter() - start, 3)
+        sample = self.cfg.sample
+        with self.autocast:  # on every rank: under fsdp each forward gathers the weights from all of them
+            text = complete(self.model, sample.prompt, sample.max_new_tokens, sample.temperature, sample.top_k,
+                            self.cfg.run.seed, self.ctx.device)
         if self.log is None:
             return
         row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "tokens_seen": self.progress.tokens_seen,
                "train_loss": train_loss, "val_loss": val_loss, "val_ppl": evaluation.perplexity(val_loss),
-               "eval_s": round(time.perf_counter() - start, 3)}
+               "eval_s": eval_s}
         self._record(row)
         print0(f"eval step {row['step']}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | "
                f"val perplexity {row['val_ppl']:.2f} | {row['eval_s']:.1f} s")
         if metrics.plot_losses(self.log.path, self.out_dir / "loss.png"):
             self.tracker.log_plot(self.out_dir / "loss.png", self.progress.step)
-        sample = self.cfg.sample
-        with self.autocast:
-            text = complete(self.model, sample.prompt, sample.max_new_tokens, sample.temperature, sample.top_k,
-                            self.cfg.run.seed, self.ctx.device)
         print0(f"sample: {text!r}")
         self.tracker.log_sample(text, self.progress.step)
 

@@ -4,6 +4,7 @@ and a helper that runs gptdist's commands as real subprocesses (torchrun include
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -91,6 +92,22 @@ def newest_model(out_dir: Path) -> dict:
     from gptdist import checkpoint
 
     return checkpoint.read(checkpoint.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
+
+
+def kill_a_worker_once_saved(agent: subprocess.Popen, checkpoint: Path) -> str:
+    """Once `checkpoint` exists, SIGKILL the second of torchrun `agent`'s two workers, as a crash
+    would; returns the agent's output once it ends, having restarted them under --max-restarts."""
+    deadline = time.time() + 300
+    while not checkpoint.exists():
+        assert agent.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    workers = child_pids(agent.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    output, _ = agent.communicate(timeout=600)
+    assert agent.returncode == 0, output[-3000:]
+    assert "resumed from" in output, output[-3000:]
+    return output
 
 
 def child_pids(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ TINY_NANOGPT = "--device cpu --dtype float32 --no-compile --n-layer 1 --n-embd 6
 
 
 @pytest.mark.slow
-def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_and_the_save_cost(tmp_path, download_cache):
+def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_save_cost_and_fsdp(tmp_path, download_cache):
     if not (NANOGPT / "model.py").is_file():
         pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
     pytest.importorskip("torchao")
@@ -23,7 +23,7 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_and_th
            "GPTDIST_ARGS": TINY_GPTDIST, "NANOGPT_ARGS": TINY_NANOGPT, "GPTDIST_CACHE": str(download_cache),
            "CURVE_STEPS": "30"}
     result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "compare", "shipped", "fp8",
-                             "checkpoint"], cwd=REPO,
+                             "checkpoint", "fsdp"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
@@ -31,7 +31,8 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_and_th
     shapes = ["124M mb16", "124M mb32", "124M mb64", "355M mb16"]
     assert set(runs) == {(s, p) for s in shapes for p in ("gptdist", "nanogpt")} | {
         ("shipped 124M", "gptdist torchrun"), ("355M mb16", "gptdist float8=tensorwise"),
-        ("355M mb16", "gptdist float8=rowwise")}
+        ("355M mb16", "gptdist float8=rowwise"), ("124M mb32 torchrun", "gptdist"),
+        ("124M mb32 torchrun", "gptdist parallel=fsdp")}
     assert not [r for r in rows if "error" in r]
     for run in runs.values():
         assert run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1 and run["peak_memory_mb"] > 0
@@ -39,12 +40,17 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_and_th
     ratios = {(r["shape"], r["label"]): r["ratio"] for r in rows if r["label"].startswith("ratio ")}
     assert set(ratios) == {(s, "ratio gptdist / nanogpt") for s in shapes} | {
         ("shipped 124M", "ratio gptdist torchrun / best single process"),
-        ("355M mb16", "ratio gptdist float8=tensorwise / gptdist"), ("355M mb16", "ratio gptdist float8=rowwise / gptdist")}
+        ("355M mb16", "ratio gptdist float8=tensorwise / gptdist"), ("355M mb16", "ratio gptdist float8=rowwise / gptdist"),
+        ("124M mb32 torchrun", "ratio gptdist parallel=fsdp / gptdist")}
     assert ratios[("124M mb16", "ratio gptdist / nanogpt")] == pytest.approx(
         runs[("124M mb16", "gptdist")]["tokens_per_sec"] / runs[("124M mb16", "nanogpt")]["tokens_per_sec"], rel=1e-3)
     (curves,) = [r["losses"] for r in rows if r["label"] == "loss curves"]
     assert set(curves) == {"bf16", "tensorwise"} and len(curves["bf16"]) == len(curves["tensorwise"]) == 3
     (save,) = [r for r in rows if r["shape"] == "124M checkpoint"]
     assert 0 < save["stall_s"] < save["blocking_s"] and save["bytes"] > 0
+    memory = {r["shape"]: r for r in rows if "state_mb" in r}
+    assert set(memory) == {"gpt2-large fsdp", "gpt2-xl fsdp"}
+    assert all(r["parallel"] == "fsdp" and r["activation_checkpointing"] == "blocks" for r in memory.values())
+    assert all(r["state_mb"] > 0 and r["activations_mb"] > 0 and r["ms_per_step"] > 0 for r in memory.values())
     assert "| 124M mb16 | gptdist |" in result.stdout and "| 124M checkpoint | gptdist save | training stopped" \
         in result.stdout  # the table for docs/performance.md

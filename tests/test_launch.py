@@ -2,14 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, child_pids, free_port, newest_model, same_weights, train_args
+from conftest import REPO, free_port, kill_a_worker_once_saved, newest_model, same_weights, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +60,7 @@ def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_pa
     agent = subprocess.Popen(torchrun(*launch, "--nproc_per_node=2", "--max-restarts=1")
                              + train_args(verdict_data, out, *RUN), env=ENV, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000008.pt").exists():
-        assert agent.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    workers = child_pids(agent.pid)
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGKILL)
-    output, _ = agent.communicate(timeout=600)
-    assert agent.returncode == 0, output[-3000:]
-    assert "resumed from" in output
+    kill_a_worker_once_saved(agent, out / "checkpoints" / "step_00000008.pt")
     assert same_weights(newest_model(out), reference)
 
 

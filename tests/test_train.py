@@ -95,8 +95,9 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compiled", [[], ["compile"]], ids=["eager", "compiled"])
-def test_accumulated_ddp_gradients_equal_one_process(tmp_path, verdict_data, compiled):
+@pytest.mark.parametrize("compiled", [[], ["compile"], ["blocks"], ["fsdp"], ["fsdp", "blocks", "compile"]],
+                         ids=["eager", "compiled", "activation-checkpointing", "fsdp", "fsdp-checkpointing-compiled"])
+def test_accumulated_gradients_equal_one_process(tmp_path, verdict_data, compiled):
     script = REPO / "tests" / "dist_grad_check.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *compiled], capture_output=True,

@@ -27,7 +27,7 @@ def test_compiled_loss_and_gradients_equal_the_eager_reference():
     torch.manual_seed(0)
     reference = GPTModel(ModelConfig(emb_dim=64, n_heads=4, n_layers=2, context_length=32, drop_rate=0.0))
     model = copy.deepcopy(reference)
-    compiled = parallelize(model, TrainConfig(compile=True), SOLO)
+    compiled = parallelize(model, TrainConfig(compile=True), SOLO, torch.float32)
     tokens = torch.randint(0, 50257, (4, 33))
 
     expected = todays_loss(reference, tokens)
