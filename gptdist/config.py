@@ -105,6 +105,7 @@ class ScheduleConfig:
 class EvalConfig:
     interval: int = 100  # optimizer steps between evaluations (and at the end)
     batches: int = 10  # batches of each split per evaluation
+    at_start: bool = True  # evaluate (and sample) before the first update too, so that curves start at the initial loss
 
 
 @dataclass

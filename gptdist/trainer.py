@@ -162,6 +162,8 @@ class Trainer:
         cfg = self.cfg
         stop = StopRequest(self.ctx)
         self._start_log()
+        if cfg.eval.at_start and self.progress.step == 0:  # the initial loss, as the book's curves begin
+            self._evaluate()
         first_step = self.progress.step + 1
         self.throughput.start(self.progress.step)
         self.model.train()

@@ -63,12 +63,12 @@ def test_training_continues_from_openai_weights(tmp_path, openai_dir, verdict_da
     assert "initialised from OpenAI GPT-2 weights" in result.stdout
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["model"]["emb_dim"] == HPARAMS["n_embd"] and start["config"]["model"]["qkv_bias"]
-    first_eval = [row for row in metrics_rows(out) if "val_loss" in row][0]
+    evals = [row["step"] for row in metrics_rows(out) if "val_loss" in row]
     reference = gpt2.load_openai_gpt2(folder)
     saved = checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])["model"]
     moved = (saved["trf_blocks.0.att.qkv.weight"] - reference.state_dict()["trf_blocks.0.att.qkv.weight"]).abs()
     assert 0 < moved.max() < 0.1  # trained a little from the loaded weights, not from scratch
-    assert first_eval["step"] == 4
+    assert evals == [0, 4]  # the loaded weights' loss first (eval.at_start), then the end's
 
 
 def test_evaluate_and_generate_from_openai_dir(tmp_path, openai_dir, verdict_data):

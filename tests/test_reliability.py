@@ -267,7 +267,7 @@ def test_an_evaluation_that_fails_never_costs_the_checkpoint_of_its_step(tmp_pat
     tokens[3] = 60000
     tokens.tofile(val)
     out = tmp_path / "run"
-    result = train(1, data, out, "data.verify=false", "train.max_steps=4", "eval.interval=4", "checkpoint.interval=4")
+    result = train(1, data, out, "data.verify=false", "eval.at_start=false", "train.max_steps=4", "eval.interval=4", "checkpoint.interval=4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"gptdist.train: error: the val split of {data} holds token id 60000 >= "
                                      f"vocab_size 50257: the shards are damaged; python -m gptdist.prepare --verify "

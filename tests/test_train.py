@@ -111,9 +111,14 @@ def test_single_process_run_without_torchrun(tmp_path, verdict_data):
     result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "logging.interval=1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in metrics_rows(out) if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in metrics_rows(out) if "val_loss" in r] == [0, 3]  # eval.at_start, and the end
     # run again: it resumes at the end and trains no further
     again = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3"))
     assert again.returncode == 0 and "resumed from" in again.stdout
+    assert [r["step"] for r in metrics_rows(out) if "val_loss" in r] == [0, 3]  # no evaluation at a resume
+    skipped = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "late", "train.max_steps=1",
+                                                      "eval.at_start=false"))
+    assert [r["step"] for r in metrics_rows(tmp_path / "late") if "val_loss" in r] == [1], skipped.stderr[-2000:]
 
 
 @pytest.mark.parametrize("overrides, message", [

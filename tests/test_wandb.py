@@ -30,8 +30,12 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     assert losses == {r["step"]: r["loss"] for r in metrics if "loss" in r}
     assert {r["_step"]: r["val_loss"] for r in rows if "val_loss" in r} == \
         {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
+    assert {r["_step"]: r["mfu"] for r in rows if "mfu" in r} == {r["step"]: r["mfu"] for r in metrics if "mfu" in r}
+    assert min(r["_step"] for r in rows if "val_loss" in r) == 0  # eval.at_start: the curve starts at the initial loss
     media = {key.split("/")[0] for row in rows for key in row if "/" in key}  # stored as nested keys
-    assert media == {"sample", "loss_plot"}
+    assert media == {"samples", "loss_plot"}
+    tables = [row for row in rows if "samples/_type" in row]
+    assert [t["samples/_type"] for t in tables] == ["table-file"] * 3 and tables[-1]["samples/nrows"] == 3
     (run_id,) = run_ids(log)
 
     resumed = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=12", *overrides)),
@@ -46,6 +50,17 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
         if path.is_file():
             assert b"x" * 40 not in path.read_bytes(), path
     assert "x" * 40 not in result.stdout + result.stderr + resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow
+def test_wandb_dir_is_honoured_when_set(tmp_path, verdict_data):
+    out, elsewhere = tmp_path / "run", tmp_path / "wandb-files"
+    elsewhere.mkdir()
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(elsewhere), "WANDB_API_KEY": "x" * 40}
+    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "logging.wandb=true"),
+                        env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(offline_runs(elsewhere)) == 1 and not (out / "wandb").exists()
 
 
 def test_wandb_true_without_wandb_installed_fails_at_start(tmp_path, verdict_data):
