@@ -12,6 +12,7 @@ Each prints a table and one JSON line. MFU is computed as training logs it (gptd
 --peak-tflops overrides) or, on a CPU, a matmul timed on the spot in the run's dtype.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -48,17 +49,32 @@ def timed(function) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def bench_train(args) -> dict:
-    """The Trainer's own step (train_step, next_batches and the stop agreement, as fit runs them), timed."""
-    from .stopping import StopRequest
+@contextlib.contextmanager
+def bench_trainer(args, max_steps: int | None = None):
+    """The Trainer of the config and overrides in `args`, in a temporary run.out_dir (it never
+    resumes, never writes into a run), removed afterwards; `max_steps` for the schedule."""
     from .trainer import Trainer
 
     cfg = config.load(args.config, args.overrides)
-    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")  # never resumes, never writes into a run
-    cfg.train.max_steps = args.warmup + args.steps
+    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
     ctx = distributed.setup(cfg.train.device)
     try:
         trainer = Trainer(cfg, ctx)
+        yield trainer
+        trainer.close()
+    finally:
+        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        distributed.teardown()
+
+
+def bench_train(args) -> dict:
+    """The Trainer's own step (train_step, next_batches and the stop agreement, as fit runs them), timed."""
+    from .stopping import StopRequest
+
+    with bench_trainer(args, max_steps=args.warmup + args.steps) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
         stop = StopRequest(ctx)
         trainer.model.train()
         data_seconds = stop_seconds = 0.0
@@ -108,11 +124,7 @@ def bench_train(args) -> dict:
             **trainer.startup, "first_step_s": first_step_s, "eval_s": eval_s,
             "threads": torch.get_num_threads(),
         }
-        trainer.close()
         return result
-    finally:
-        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
-        distributed.teardown()
 
 
 def bench_checkpoint(args) -> dict:
@@ -120,13 +132,9 @@ def bench_checkpoint(args) -> dict:
     import statistics
 
     from .checkpoint import Checkpointer
-    from .trainer import Trainer
 
-    cfg = config.load(args.config, args.overrides)
-    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
-    ctx = distributed.setup(cfg.train.device)
-    try:
-        trainer = Trainer(cfg, ctx)
+    with bench_trainer(args) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
         for _ in range(2):  # AdamW's moments exist after a step: a checkpoint of its real size
             trainer.train_step(trainer.next_batches())
         synchronize(ctx.device)
@@ -176,25 +184,16 @@ def bench_checkpoint(args) -> dict:
         if args.pairs:
             result.update({"interval": args.interval, "pairs": args.pairs, "block_s_with_save": with_saves,
                            "block_s_without": without, "training_overhead": sum(with_saves) / sum(without) - 1})
-        trainer.close()
         return result
-    finally:
-        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
-        distributed.teardown()
 
 
 def bench_memory(args) -> dict:
     """Per rank: the state kept through the run, what one micro-batch's forward keeps for its
     backward (gptdist/memory.py), and the time of a step; the largest rank's figures."""
     from .memory import SavedForBackward, state_bytes
-    from .trainer import Trainer
 
-    cfg = config.load(args.config, args.overrides)
-    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
-    cfg.train.max_steps = args.steps + 3
-    ctx = distributed.setup(cfg.train.device)
-    try:
-        trainer = Trainer(cfg, ctx)
+    with bench_trainer(args, max_steps=args.steps + 3) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
         trainer.model.train()
         for _ in range(2):  # AdamW's moments exist after a step; compilation is done
             trainer.train_step(trainer.next_batches())
@@ -224,11 +223,7 @@ def bench_memory(args) -> dict:
                   "parameters_mb": params_b / mib, "gradients_mb": grads_b / mib, "optimizer_mb": optim_b / mib,
                   "state_mb": (params_b + grads_b + optim_b) / mib, "activations_mb": activations_b / mib,
                   "ms_per_step": 1000 * step_s, "peak_memory_mb": peak_mb}
-        trainer.close()
         return result
-    finally:
-        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
-        distributed.teardown()
 
 
 def bench_data(args) -> dict:

@@ -15,6 +15,7 @@ that fails is reported at the next step boundary (`poll`) or save (`wait`) and s
 import hashlib
 import os
 import re
+import shutil
 import time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -173,11 +174,7 @@ def _write_atomically(payload: dict, path: Path) -> None:
             time.sleep(TEST_WRITE_DELAY_S)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+        sharded_checkpoint.fsync_path(path.parent)  # make the rename itself durable
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise UserError(
@@ -208,7 +205,7 @@ def _size(path: Path) -> int:
 def _prune(folder: Path, keep: int) -> None:
     for old in checkpoint_paths(folder)[:-keep]:  # only once the new one is durable
         if old.is_dir():
-            sharded_checkpoint.remove(old)
+            shutil.rmtree(old)
         else:
             old.unlink()
 
@@ -228,15 +225,18 @@ def _write(payload: dict, path: Path, keep: int) -> tuple[int, float]:
 def _write_sharded(shards: dict, small: dict, path: Path, keep: int, group) -> tuple[int, float]:
     """Every rank: its shards into the folder `path`; rank 0 also the small states, then prunes."""
     start = time.perf_counter()
+    tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sharded_checkpoint.write(shards, small, path, _temporary(path), group,
+        sharded_checkpoint.write(shards, small, path, tmp, group,
                                  lambda payload, file: _write_atomically(_sealed(payload), file))
         if dist.get_rank(group) != 0:
             return 0, time.perf_counter() - start
         _prune(path.parent, keep)
         return _size(path), time.perf_counter() - start
     except (OSError, CheckpointException) as err:
+        if dist.get_rank(group) == 0:  # a partial folder is never a checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write checkpoint {path}: {getattr(err, 'strerror', None) or err}; "
                         f"older checkpoints in {path.parent} are intact") from None
 
@@ -255,7 +255,7 @@ class Checkpointer:
         self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
         if ctx.is_main and self.folder.is_dir():  # a killed run's half-written file or folder: never a checkpoint
             for stale in self.folder.glob(_temporary(self.folder / "step_*").name):
-                sharded_checkpoint.remove(stale) if stale.is_dir() else stale.unlink()
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Saved | None:
         """Called on every rank at the same step boundary (states may gather from all ranks).

@@ -14,7 +14,7 @@ from .parallelize import local_tensor
 
 
 def _bytes(tensors) -> int:
-    return sum(local_tensor(t).numel() * local_tensor(t).element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in map(local_tensor, tensors))
 
 
 def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -37,7 +37,7 @@ class SavedForBackward:
         self.storages: dict[int, torch.UntypedStorage] = {}
 
     def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
-        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+        if isinstance(tensor, torch.Tensor):  # a block's arguments may include other values
             self.storages.setdefault(_storage_key(tensor), local_tensor(tensor).untyped_storage())
         return tensor
 

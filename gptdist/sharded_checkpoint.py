@@ -16,10 +16,8 @@ files it wrote; rank 0 collects them. All of it runs in each rank's background w
 a process group of its own, so its collectives never meet the training loop's.
 """
 
-import hashlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from .download import sha256_of
 from .errors import UserError
 
 CHECKSUMS = "checksums.json"
@@ -38,15 +37,8 @@ def is_sharded(path: Path) -> bool:
     return (path / CHECKSUMS).is_file()
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,26 +48,24 @@ def _fsync(path: Path) -> None:
 
 def write(shards: dict, small: dict, path: Path, tmp: Path, group, save_small) -> None:
     """On every rank at once: `shards` (SHARDED_STATES, this rank's part) and, from rank 0, `small`
-    (written by `save_small(payload, file)`) into the folder `tmp`, renamed to `path` when complete."""
-    rank = dist.get_rank()
-    if rank == 0 and tmp.exists():  # a killed run's half-written folder
-        shutil.rmtree(tmp)
-    dist.barrier(group=group)
+    (written by `save_small(payload, file)`) into the folder `tmp`, renamed to `path` when complete.
+    A killed run's `tmp` is removed when the next run starts (Checkpointer), a failed write's by the caller."""
+    rank = dist.get_rank(group)
     dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True), process_group=group)
-    written = {p.name: file_digest(p) for p in tmp.glob(f"__{rank}_*.distcp")}
+    written = {p.name: sha256_of(p) for p in tmp.glob(f"__{rank}_*.distcp")}
     gathered = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, written, group=group)
     if rank != 0:
         return
     save_small(small, tmp / STATES)
     checksums = {name: digest for part in gathered for name, digest in part.items()}
-    checksums.update({name: file_digest(tmp / name) for name in (".metadata", STATES)})
+    checksums.update({name: sha256_of(tmp / name) for name in (".metadata", STATES)})
     (tmp / CHECKSUMS).write_text(json.dumps(checksums, indent=1, sort_keys=True) + "\n")
     for name in (".metadata", CHECKSUMS):
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync_path(tmp / name)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def verify(path: Path) -> None:
@@ -88,7 +78,7 @@ def verify(path: Path) -> None:
         file = path / name
         if not file.is_file():
             raise UserError(f"checkpoint {path} is incomplete: {name} is missing")
-        if file_digest(file) != expected:
+        if sha256_of(file) != expected:
             raise UserError(f"checkpoint {path} fails its checksum: {name} is damaged")
 
 
@@ -107,7 +97,3 @@ def load_model(path: Path, model: torch.nn.Module) -> None:
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(target, checkpoint_id=path, no_dist=True)
     model.load_state_dict(target["model"])
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path)

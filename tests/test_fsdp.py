@@ -3,6 +3,7 @@ that move between parallelisms and world sizes, sharded checkpoints, a killed wo
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -16,6 +17,7 @@ from conftest import (
     torchrun_command,
     train_args,
 )
+from test_reliability import tmpfs
 
 from gptdist import checkpoint, config, sharded_checkpoint
 from gptdist.model import GPTModel
@@ -139,3 +141,23 @@ def test_killed_fsdp_worker_is_restarted_and_ends_on_the_uninterrupted_weights(t
     kill_a_worker_once_saved(agent, first)
     final = _sharded_model(out) if sharded else newest_model(out)
     assert same_weights(final, newest_model(runs / "fsdp"))
+
+
+def test_a_full_disk_during_a_sharded_write_leaves_no_partial_folder(tmp_path, verdict_data):
+    disk = tmp_path / "disk"
+    tmpfs(disk, "100m")
+    try:
+        out = disk / "run"
+        sharded = ("train.parallel=fsdp", "checkpoint.sharded=true", "eval.at_start=false")
+        train(verdict_data, out, 2, *sharded, "train.max_steps=1")
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 256 * 1024))  # room for logs, not a checkpoint
+        result = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, *RUN, *sharded, "train.max_steps=2")),
+                                capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+        assert result.returncode != 0
+        assert "cannot write checkpoint" in result.stderr and "step_00000002" in result.stderr, result.stderr[-3000:]
+        folder = out / "checkpoints"
+        assert [p.name for p in folder.iterdir()] == ["step_00000001"]  # the failed write's folder is gone
+        assert checkpoint.read(folder / "step_00000001")["progress"]["step"] == 1
+    finally:
+        subprocess.run(["umount", str(disk)])
