@@ -56,7 +56,10 @@ class ModelConfig:
     vocab_padding: str = "bias"  # how padded logits are kept out of the softmax: bias (-inf, in the head's matmul) | slice
     tie_embeddings: bool = False  # share tok_emb's matrix with out_head (OpenAI's GPT-2 does)
     init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's defaults (the book's)
-    init_from: str | None = None  # start from OpenAI GPT-2 weights: gpt2-124M|355M|774M|1558M or a folder
+    # Start from pretrained weights (their architecture replaces the keys above; dropout, padding and a shorter
+    # context stay this config's): gpt2-124M|355M|774M|1558M (OpenAI's, downloaded), a folder of OpenAI or
+    # Hugging Face GPT-2 files, or a gptdist checkpoint or run folder.
+    init_from: str | None = None
 
 
 @dataclass
@@ -106,6 +109,9 @@ class EvalConfig:
     interval: int = 100  # optimizer steps between evaluations (and at the end)
     batches: int = 10  # batches of each split per evaluation
     at_start: bool = True  # evaluate (and sample) before the first update too, so that curves start at the initial loss
+    hellaswag_interval: int | None = None  # optimizer steps between HellaSwag scores (and at the end); None: never
+    hellaswag_file: str | None = None  # a file in HellaSwag's JSONL format; None: the official validation set (downloaded)
+    hellaswag_items: int | None = None  # score only the first N items; None: all (10,042 in the validation set)
 
 
 @dataclass
@@ -203,6 +209,8 @@ RANGES = {
     "schedule.min_lr": FINITE_NON_NEGATIVE,
     "eval.interval": POSITIVE,
     "eval.batches": POSITIVE,
+    "eval.hellaswag_interval": POSITIVE,
+    "eval.hellaswag_items": POSITIVE,
     "checkpoint.interval": POSITIVE,
     "checkpoint.keep": ("at least 1", lambda v: v >= 1),
     "logging.interval": POSITIVE,

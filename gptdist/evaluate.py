@@ -1,15 +1,17 @@
-"""python -m gptdist.evaluate: loss and perplexity of a checkpoint or OpenAI GPT-2 on prepared data.
+"""python -m gptdist.evaluate: loss and perplexity on prepared data, or HellaSwag accuracy, of any model.
 
     python -m gptdist.evaluate --gpt2 124M --data data/verdict --context-length 256
     torchrun --nproc_per_node=4 -m gptdist.evaluate --checkpoint runs/gutenberg-gpt2-124m --data data/gutenberg
+    python -m gptdist.evaluate --task hellaswag --gpt2-dir gpt2-hf
 
 Under torchrun every rank evaluates its share and the results are summed exactly.
-The book's exercise 5.5 (GPT-2 124M on The Verdict, context 256) gives train 3.75, val 3.56.
+The book's exercise 5.5 (GPT-2 124M on The Verdict, context 256) gives train 3.75, val 3.56;
+HellaSwag's validation set gives GPT-2 124M acc 0.2859, acc_norm 0.2955 (one JSON line).
 """
 
 import json
 
-from . import distributed, loading, precision, shards
+from . import distributed, hellaswag, loading, precision, shards
 from .arguments import ArgumentParser, positive_int
 from .data import TokenWindows
 from .errors import UserError, cli
@@ -21,11 +23,17 @@ from .trainer import check_data_matches_model
 def parse_args(argv=None):
     parser = ArgumentParser(prog="gptdist.evaluate", description=__doc__.split("\n\n")[0])
     loading.add_model_arguments(parser)
-    parser.add_argument("--data", required=True, help="a prepared data folder")
+    parser.add_argument("--task", default="loss", choices=("loss", "hellaswag"),
+                        help="loss: loss and perplexity on --data; hellaswag: accuracy on HellaSwag's validation set")
+    parser.add_argument("--data", help="a prepared data folder (--task loss)")
+    parser.add_argument("--hellaswag-file", help="a local file in HellaSwag's JSONL format (default: the official "
+                        "validation set, downloaded once into the cache)")
+    parser.add_argument("--limit", type=positive_int, help="--task hellaswag: score only the first N items")
     parser.add_argument("--splits", nargs="+", default=list(shards.SPLITS), choices=shards.SPLITS)
     parser.add_argument("--context-length", type=positive_int, help="window length (default: the model's)")
     parser.add_argument("--stride", type=positive_int, help="tokens between windows (default: the context length)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="sequences per forward (hellaswag: rounded down to whole items of 4)")
     parser.add_argument("--batches", type=positive_int, help="batches per rank (default: the whole split)")
     parser.add_argument("--precision", default="auto", choices=("auto", *precision.DTYPES))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -35,26 +43,37 @@ def parse_args(argv=None):
 @cli("gptdist.evaluate")
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.task == "loss" and not args.data:
+        raise UserError("--task loss needs --data (a prepared data folder)")
     ctx = distributed.setup(args.device, "--device")
     try:
+        items = hellaswag.load(args.hellaswag_file, args.limit, ctx) if args.task == "hellaswag" else None
         model = loading.model_from_arguments(args, ctx.device)
-        manifest = shards.read_manifest(args.data)
-        check_data_matches_model(manifest, model.cfg)
-        context = args.context_length or model.cfg.context_length
-        if context > model.cfg.context_length:
-            raise UserError(f"--context-length {context} exceeds the model's {model.cfg.context_length}")
         autocast = precision.autocast(precision.resolve(args.precision, ctx.device), ctx.device)
-        results = {}
-        for split in args.splits:
-            windows = TokenWindows(manifest, split, context, args.stride or context)
-            batches = args.batches or -(-windows.num_samples // args.batch_size)
-            loss = evaluate_loss(NextTokenLoss(model), windows, batches, args.batch_size, ctx, autocast)
-            results[split] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 2),
-                              "samples": min(windows.num_samples, batches * args.batch_size * ctx.world_size)}
-            distributed.print0(f"{split}: loss {loss:.4f} | perplexity {perplexity(loss):.2f}")
-        distributed.print0(json.dumps(results))
+        if items:
+            distributed.print0(json.dumps(hellaswag.score(model, items, ctx, autocast, args.batch_size)))
+        else:
+            distributed.print0(json.dumps(evaluate_splits(model, args, ctx, autocast)))
     finally:
         distributed.teardown()
+
+
+def evaluate_splits(model, args, ctx: distributed.Dist, autocast) -> dict:
+    """Loss, perplexity and sample count of every --splits split of --data."""
+    manifest = shards.read_manifest(args.data)
+    check_data_matches_model(manifest, model.cfg)
+    context = args.context_length or model.cfg.context_length
+    if context > model.cfg.context_length:
+        raise UserError(f"--context-length {context} exceeds the model's {model.cfg.context_length}")
+    results = {}
+    for split in args.splits:
+        windows = TokenWindows(manifest, split, context, args.stride or context)
+        batches = args.batches or -(-windows.num_samples // args.batch_size)
+        loss = evaluate_loss(NextTokenLoss(model), windows, batches, args.batch_size, ctx, autocast)
+        results[split] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 2),
+                          "samples": min(windows.num_samples, batches * args.batch_size * ctx.world_size)}
+        distributed.print0(f"{split}: loss {loss:.4f} | perplexity {perplexity(loss):.2f}")
+    return results
 
 
 if __name__ == "__main__":

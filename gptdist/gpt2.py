@@ -1,8 +1,9 @@
-"""OpenAI's GPT-2 weights: download the TensorFlow checkpoint and map it into GPTModel.
+"""GPT-2's layout, and OpenAI's GPT-2 weights: download the TensorFlow checkpoint and read it.
 
 The mapping is the book's `load_weights_into_gpt` (section 5.5): c_attn is our fused
 att.qkv (TensorFlow stores x @ W, torch's Linear x @ W.T, hence the transposes), qkv
-bias on, context 1024, the head tied to the token embedding. Every shape is checked.
+bias on, context 1024, the head tied to the token embedding. `TENSORS` names every
+tensor in GPTModel, Hugging Face (hf.py) and OpenAI terms; loading.py checks the shapes.
 """
 
 import json
@@ -14,7 +15,6 @@ import torch
 from . import config
 from .download import cache_dir, download
 from .errors import UserError
-from .model import GPTModel
 
 SIZES = ("124M", "355M", "774M", "1558M")
 FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
@@ -36,40 +36,75 @@ def download_gpt2(size: str, folder: Path | None = None) -> Path:
     return folder
 
 
-def resolve(name_or_dir: str) -> Path:
-    """`gpt2-124M` / `124M` (downloaded and cached) or a folder already holding the files."""
-    size = name_or_dir.removeprefix("gpt2-")
-    if size in SIZES:
-        return download_gpt2(size)
-    folder = Path(name_or_dir)
-    if not (folder / "hparams.json").is_file():
-        raise UserError(f"{name_or_dir!r} is neither a GPT-2 size ({', '.join(SIZES)}) nor a folder with hparams.json")
-    return folder
+def size_of(name: str) -> str | None:
+    """The OpenAI size `name` means (`124M` or `gpt2-124M`), or None if it names none."""
+    size = name.removeprefix("gpt2-")
+    return size if size in SIZES else None
 
 
-def model_config(folder: Path, base: config.ModelConfig | None = None) -> config.ModelConfig:
-    """The GPTModel architecture of a checkpoint folder (hparams.json); dropout and context from `base`."""
+def is_openai_folder(folder: Path) -> bool:
+    return (Path(folder) / "hparams.json").is_file()
+
+
+# Every tensor of GPT-2 under its three names: GPTModel's, Hugging Face's GPT2LMHeadModel's and
+# OpenAI's TensorFlow variable's, and whether the matrix is stored transposed there (GPT-2's
+# Conv1D keeps (in, out), torch's Linear (out, in)). Import from both layouts and export read
+# this one table. The head is the token embedding in GPT-2 (an untied one is HF's lm_head).
+TENSORS = (
+    ("tok_emb.weight", "transformer.wte.weight", "wte", False),
+    ("pos_emb.weight", "transformer.wpe.weight", "wpe", False),
+    ("final_norm.weight", "transformer.ln_f.weight", "ln_f/g", False),
+    ("final_norm.bias", "transformer.ln_f.bias", "ln_f/b", False),
+)
+BLOCK_TENSORS = (  # block i: "trf_blocks.{i}.", "transformer.h.{i}.", "h{i}/"
+    ("norm1.weight", "ln_1.weight", "ln_1/g", False),
+    ("norm1.bias", "ln_1.bias", "ln_1/b", False),
+    ("att.qkv.weight", "attn.c_attn.weight", "attn/c_attn/w", True),
+    ("att.qkv.bias", "attn.c_attn.bias", "attn/c_attn/b", False),
+    ("att.out_proj.weight", "attn.c_proj.weight", "attn/c_proj/w", True),
+    ("att.out_proj.bias", "attn.c_proj.bias", "attn/c_proj/b", False),
+    ("norm2.weight", "ln_2.weight", "ln_2/g", False),
+    ("norm2.bias", "ln_2.bias", "ln_2/b", False),
+    ("ff.layers.0.weight", "mlp.c_fc.weight", "mlp/c_fc/w", True),
+    ("ff.layers.0.bias", "mlp.c_fc.bias", "mlp/c_fc/b", False),
+    ("ff.layers.2.weight", "mlp.c_proj.weight", "mlp/c_proj/w", True),
+    ("ff.layers.2.bias", "mlp.c_proj.bias", "mlp/c_proj/b", False),
+)
+HF_HEAD = "lm_head.weight"
+
+
+def tensor_names(n_layers: int) -> list[tuple[str, str, str, bool]]:
+    """(ours, Hugging Face's, OpenAI's, transposed) for every tensor of an n_layers GPT-2."""
+    names = list(TENSORS)
+    for i in range(n_layers):
+        names += [(f"trf_blocks.{i}.{ours}", f"transformer.h.{i}.{hf}", f"h{i}/{tf}", transposed)
+                  for ours, hf, tf, transposed in BLOCK_TENSORS]
+    return names
+
+
+def architecture(vocab_size: int, context_length: int, emb_dim: int, n_heads: int, n_layers: int,
+                 tie_embeddings: bool = True) -> config.ModelConfig:
+    """The ModelConfig of a GPT-2 of these sizes, as OpenAI built it: biases everywhere, no dropout."""
+    return config.ModelConfig(vocab_size=vocab_size, context_length=context_length, emb_dim=emb_dim,
+                              n_heads=n_heads, n_layers=n_layers, qkv_bias=True, bias=True,
+                              tie_embeddings=tie_embeddings, drop_rate=0.0)
+
+
+def _model_config(folder: Path) -> config.ModelConfig:
     try:
         hparams = json.loads((Path(folder) / "hparams.json").read_text())
-        arch = dict(vocab_size=hparams["n_vocab"], context_length=hparams["n_ctx"], emb_dim=hparams["n_embd"],
-                    n_heads=hparams["n_head"], n_layers=hparams["n_layer"])
+        return architecture(hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"], hparams["n_head"],
+                            hparams["n_layer"])
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}/hparams.json is missing or malformed ({type(err).__name__}: {err})") from None
-    if base is None:
-        base = config.ModelConfig(drop_rate=0.0)
-    elif base.context_length <= arch["context_length"]:  # a shorter context keeps the first positions
-        arch["context_length"] = base.context_length
-    else:
-        raise UserError(f"model.context_length {base.context_length} exceeds GPT-2's {arch['context_length']}")
-    openai = {"preset": None, "qkv_bias": True, "bias": True, "tie_embeddings": True}  # how GPT-2 was built
-    return config.ModelConfig(**{**vars(base), **arch, **openai})
 
 
 def _tf_variables(folder: Path) -> dict[str, np.ndarray]:
     try:
         import tensorflow as tf
     except ImportError:
-        raise UserError("reading OpenAI's TensorFlow checkpoints needs tensorflow: pip install 'gptdist[gpt2]'") from None
+        raise UserError("reading OpenAI's TensorFlow checkpoints needs tensorflow: pip install 'gptdist[gpt2]'; "
+                        "or use the same weights as a Hugging Face folder (huggingface-cli download gpt2)") from None
     ckpt = tf.train.latest_checkpoint(str(folder)) or str(Path(folder) / "model.ckpt")
     try:
         names = [name for name, _ in tf.train.list_variables(ckpt)]
@@ -79,52 +114,21 @@ def _tf_variables(folder: Path) -> dict[str, np.ndarray]:
 
 
 def openai_state_dict(variables: dict[str, np.ndarray], n_layers: int) -> dict[str, torch.Tensor]:
-    """OpenAI's variable names and layouts -> GPTModel's state dict."""
+    """OpenAI's variable names and layouts -> GPTModel's names (TF conv1d weights are (1, in, out))."""
     v = {name.removeprefix("model/"): array for name, array in variables.items()}
-
-    def matrix(name):  # TF conv1d weights are (1, in, out); Linear wants (out, in)
-        return v.pop(name).squeeze(0).T
-
-    state = {"tok_emb.weight": v["wte"], "pos_emb.weight": v.pop("wpe"), "out_head.weight": v.pop("wte"),
-             "final_norm.weight": v.pop("ln_f/g"), "final_norm.bias": v.pop("ln_f/b")}
-    for i in range(n_layers):
-        ours, theirs = f"trf_blocks.{i}.", f"h{i}/"
-        state.update({
-            ours + "norm1.weight": v.pop(theirs + "ln_1/g"), ours + "norm1.bias": v.pop(theirs + "ln_1/b"),
-            ours + "att.qkv.weight": matrix(theirs + "attn/c_attn/w"), ours + "att.qkv.bias": v.pop(theirs + "attn/c_attn/b"),
-            ours + "att.out_proj.weight": matrix(theirs + "attn/c_proj/w"),
-            ours + "att.out_proj.bias": v.pop(theirs + "attn/c_proj/b"),
-            ours + "norm2.weight": v.pop(theirs + "ln_2/g"), ours + "norm2.bias": v.pop(theirs + "ln_2/b"),
-            ours + "ff.layers.0.weight": matrix(theirs + "mlp/c_fc/w"), ours + "ff.layers.0.bias": v.pop(theirs + "mlp/c_fc/b"),
-            ours + "ff.layers.2.weight": matrix(theirs + "mlp/c_proj/w"),
-            ours + "ff.layers.2.bias": v.pop(theirs + "mlp/c_proj/b"),
-        })
+    state = {}
+    for ours, _, theirs, transposed in tensor_names(n_layers):
+        array = v.pop(theirs)
+        state[ours] = array.squeeze(0).T if transposed else array
     if v:
         raise UserError(f"unexpected variables in the GPT-2 checkpoint: {', '.join(sorted(v)[:5])}")
     return {name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) for name, array in state.items()}
 
 
-def load_into(model: GPTModel, folder: Path) -> GPTModel:
-    """Copy the checkpoint in `folder` into `model`, checking every shape (position table may be cut short)."""
+def read(folder: Path) -> tuple[config.ModelConfig, dict[str, torch.Tensor]]:
+    """The architecture and weights of the OpenAI checkpoint in `folder` (hparams.json + TF files)."""
+    cfg = _model_config(folder)
     try:
-        state = openai_state_dict(_tf_variables(folder), model.cfg.n_layers)
+        return cfg, openai_state_dict(_tf_variables(folder), cfg.n_layers)
     except KeyError as err:
         raise UserError(f"the GPT-2 checkpoint in {folder} lacks variable {err}") from None
-    state["pos_emb.weight"] = state["pos_emb.weight"][: model.cfg.context_length]
-    padding = model.padded_vocab - state["tok_emb.weight"].shape[0]
-    if padding > 0:  # rows past the vocabulary are never looked up and their logits are cut off
-        state["tok_emb.weight"] = torch.cat([state["tok_emb.weight"], state["tok_emb.weight"].new_zeros(padding, model.cfg.emb_dim)])
-        state["out_head.weight"] = state["tok_emb.weight"]
-    own = model.state_dict()
-    for name, tensor in state.items():
-        if own[name].shape != tensor.shape:
-            raise UserError(f"GPT-2 weight {name}: checkpoint shape {tuple(tensor.shape)}, "
-                            f"model shape {tuple(own[name].shape)}")
-    model.load_state_dict(state)
-    return model
-
-
-def load_openai_gpt2(folder: str | Path, base: config.ModelConfig | None = None) -> GPTModel:
-    """A GPTModel holding the OpenAI GPT-2 weights stored in `folder`."""
-    folder = Path(folder)
-    return load_into(GPTModel(model_config(folder, base)), folder).eval()

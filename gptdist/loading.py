@@ -1,13 +1,26 @@
-"""Models for inference: from a gptdist checkpoint (or a run folder's newest one) or OpenAI GPT-2."""
+"""Weights from anywhere, for inference, export and continued pretraining.
+
+One resolver: a gptdist checkpoint (a file, a sharded folder, or a run folder's newest), an
+OpenAI GPT-2 size (downloaded, cached) or folder (TensorFlow files), or a Hugging Face GPT-2
+folder -> (architecture, weights). The weights are in GPTModel's names with the vocabulary
+rows unpadded and a tied head held once; `load_weights` puts them into a GPTModel of any
+vocabulary padding and of a context up to theirs. generate, evaluate, export and
+model.init_from all come through here.
+"""
 
 import argparse
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, config, gpt2, sharded_checkpoint
+from . import checkpoint, config, distributed, gpt2, hf, sharded_checkpoint
+from .config import ModelConfig
 from .errors import UserError
 from .model import GPTModel
+
+Weights = tuple[ModelConfig, dict[str, torch.Tensor]]
+# What model.init_from takes from its source; the run's config keeps dropout, padding, init and a shorter context.
+PRETRAINED_KEYS = ("vocab_size", "emb_dim", "n_heads", "n_layers", "qkv_bias", "bias", "tie_embeddings")
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -23,27 +36,107 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def model_from_checkpoint(path: str | Path) -> GPTModel:
-    payload = checkpoint.read(checkpoint_file(path))
-    model = GPTModel(config.build({"model": payload["config"]["model"]}).model)
-    if payload.get("sharded"):
-        sharded_checkpoint.load_model(Path(payload["sharded"]), model)
+def unpadded(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A GPTModel state dict as pretrained weights: vocabulary rows cut to vocab_size, a tied head once."""
+    state = {**state, "tok_emb.weight": state["tok_emb.weight"][: cfg.vocab_size]}
+    if cfg.tie_embeddings:
+        state.pop("out_head.weight", None)
     else:
-        model.load_state_dict(payload["model"])
+        state["out_head.weight"] = state["out_head.weight"][: cfg.vocab_size]
+    return state
+
+
+def from_checkpoint(path: str | Path) -> Weights:
+    payload = checkpoint.read(checkpoint_file(path))
+    cfg = config.build({"model": payload["config"]["model"]}).model
+    if payload.get("sharded"):  # torch.distributed.checkpoint loads into a model's tensors in place
+        model = GPTModel(cfg)
+        sharded_checkpoint.load_model(Path(payload["sharded"]), model)
+        return cfg, unpadded(model.state_dict(), cfg)
+    return cfg, unpadded(payload["model"], cfg)
+
+
+def from_gpt2(name_or_dir: str | Path) -> Weights:
+    """An OpenAI GPT-2 size (downloaded once into the cache), or a folder of OpenAI or Hugging Face files."""
+    size = gpt2.size_of(str(name_or_dir))
+    if size:
+        return gpt2.read(gpt2.download_gpt2(size))
+    folder = Path(name_or_dir)
+    if gpt2.is_openai_folder(folder):
+        return gpt2.read(folder)
+    if hf.is_hf_folder(folder):
+        return hf.read(folder)
+    raise UserError(f"{name_or_dir} is neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor a folder of OpenAI "
+                    f"(hparams.json) or Hugging Face ({hf.CONFIG}, {hf.WEIGHTS}) GPT-2 files")
+
+
+def is_gpt2(spec: str | Path) -> bool:
+    return bool(gpt2.size_of(str(spec))) or gpt2.is_openai_folder(spec) or hf.is_hf_folder(spec)
+
+
+def pretrained(spec: str, ctx: distributed.Dist) -> Weights:
+    """model.init_from: a GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run.
+
+    A GPT-2 size is downloaded once per node; the other ranks find it cached.
+    """
+    if is_gpt2(spec):
+        size = gpt2.size_of(spec)
+        if size and ctx.local_rank == 0:
+            gpt2.download_gpt2(size)
+        distributed.barrier()
+        return from_gpt2(spec)
+    if not Path(spec).exists():
+        raise UserError(f"model.init_from {spec}: neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an existing "
+                        "folder or checkpoint")
+    return from_checkpoint(spec)
+
+
+def continued_config(source: ModelConfig, run: ModelConfig, spec: str) -> ModelConfig:
+    """The model of a run that starts from `source`'s weights: its architecture, the run's other settings."""
+    if run.context_length > source.context_length:
+        raise UserError(f"model.context_length {run.context_length} exceeds the {source.context_length} positions "
+                        f"of model.init_from {spec}")
+    return ModelConfig(**{**vars(run), "preset": None, **{key: getattr(source, key) for key in PRETRAINED_KEYS}})
+
+
+def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> GPTModel:
+    """Copy weights into `model`: positions cut to its context, vocabulary rows padded; every shape checked."""
+    state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
+    for name in ("tok_emb.weight", "out_head.weight"):
+        rows = state.get(name)
+        if rows is not None and rows.shape[0] < model.padded_vocab:  # padded rows: never looked up, logits masked
+            state[name] = torch.cat([rows, rows.new_zeros(model.padded_vocab - rows.shape[0], *rows.shape[1:])])
+    if model.cfg.tie_embeddings:
+        state["out_head.weight"] = state["tok_emb.weight"]
+    own = model.state_dict()
+    if own.keys() != state.keys():
+        names = sorted(own.keys() ^ state.keys())
+        raise UserError(f"{source} does not fit the model: {', '.join(names[:3])} "
+                        f"{'missing there' if names[0] in own else 'not in the model'}")
+    for name, tensor in state.items():
+        if own[name].shape != tensor.shape:
+            raise UserError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, the model's "
+                            f"{tuple(own[name].shape)}")
+    model.load_state_dict(state)
     return model
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate and evaluate."""
+    """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate, evaluate and export."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a gptdist checkpoint (file or sharded folder), or a run folder (its newest)")
     source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, cached)")
-    source.add_argument("--gpt2-dir", help="a folder already holding OpenAI GPT-2 files")
+    source.add_argument("--gpt2-dir", help="a folder of OpenAI GPT-2 files or a Hugging Face GPT-2 folder")
+
+
+def weights_from_arguments(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+    """(architecture, weights, a name of their source for messages) of --checkpoint / --gpt2 / --gpt2-dir."""
+    if args.checkpoint:
+        return *from_checkpoint(args.checkpoint), str(args.checkpoint)
+    spec = args.gpt2 or args.gpt2_dir
+    return *from_gpt2(spec), str(spec)
 
 
 def model_from_arguments(args: argparse.Namespace, device: torch.device) -> GPTModel:
-    if args.checkpoint:
-        model = model_from_checkpoint(args.checkpoint)
-    else:
-        model = gpt2.load_openai_gpt2(gpt2.download_gpt2(args.gpt2) if args.gpt2 else gpt2.resolve(args.gpt2_dir))
-    return model.to(device).eval()
+    cfg, state, source = weights_from_arguments(args)
+    return load_weights(GPTModel(cfg), state, source).to(device).eval()

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config, distributed, evaluation, gpt2, host_memory, metrics, precision, shards
+from . import checkpoint, config, distributed, evaluation, hellaswag, host_memory, metrics, precision, shards
 from .config import Config
 from .data import DistributedStepSampler, TokenWindows
 from .distributed import print0
 from .errors import UserError
 from .flops import device_peak, flops_per_token
 from .guard import NonFiniteGuard
+from .loading import continued_config, load_weights, pretrained
 from .model import GPTModel
 from .optimizer import adamw
 from .parallelize import local_tensor, parallelize
@@ -55,20 +56,12 @@ def check_architecture(saved: dict, model_cfg: config.ModelConfig, source: str) 
                         "use another run.out_dir or the checkpoint's model settings")
 
 
-def gpt2_folder(name: str, ctx: distributed.Dist) -> Path:
-    """OpenAI weights for model.init_from: one download per node, the other ranks find them cached."""
-    if ctx.local_rank == 0:
-        gpt2.resolve(name)
-    distributed.barrier()
-    return gpt2.resolve(name)
-
-
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
         started = time.perf_counter()
-        init_folder = gpt2_folder(cfg.model.init_from, ctx) if cfg.model.init_from else None
-        if init_folder:  # continued pretraining: the architecture is the checkpoint's
-            cfg.model = gpt2.model_config(init_folder, cfg.model)
+        init = pretrained(cfg.model.init_from, ctx) if cfg.model.init_from else None
+        if init:  # continued pretraining: the architecture is the source's
+            cfg.model = continued_config(init[0], cfg.model, cfg.model.init_from)
         self.cfg, self.ctx = cfg, ctx
         self.tracker = WandbTracker(cfg, ctx.is_main)  # without wandb installed: an error now, not later
         self.out_dir = Path(cfg.run.out_dir)
@@ -88,6 +81,8 @@ class Trainer:
         stride = cfg.data.stride or cfg.model.context_length
         self.train_data = TokenWindows(manifest, "train", cfg.model.context_length, stride)
         self.val_data = TokenWindows(manifest, "val", cfg.model.context_length, stride)
+        self.hellaswag = (hellaswag.load(cfg.eval.hellaswag_file, cfg.eval.hellaswag_items, ctx)
+                          if cfg.eval.hellaswag_interval else None)  # tokenized once; offline: an error now
 
         # The global batch (sequences per optimizer step) is fixed for the whole run; on
         # another world size after a resume, gradient accumulation adapts to keep it.
@@ -113,9 +108,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = GPTModel(cfg.model)
-        if init_folder and not resume:
-            gpt2.load_into(self.model, init_folder)
-            print0(f"initialised from OpenAI GPT-2 weights in {init_folder}")
+        if init and not resume:
+            load_weights(self.model, init[1], cfg.model.init_from)
+            print0(f"initialised from the weights of {cfg.model.init_from}")
         self.model.to(ctx.device)
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
@@ -164,6 +159,7 @@ class Trainer:
         self._start_log()
         if cfg.eval.at_start and self.progress.step == 0:  # the initial loss, as the book's curves begin
             self._evaluate()
+            self._score_hellaswag()
         first_step = self.progress.step + 1
         self.throughput.start(self.progress.step)
         self.model.train()
@@ -188,6 +184,8 @@ class Trainer:
                 return stop.signal_name or "signal"
             if step % cfg.eval.interval == 0 or final:
                 self._evaluate()
+            if cfg.eval.hellaswag_interval and (step % cfg.eval.hellaswag_interval == 0 or final):
+                self._score_hellaswag()
         stop.finish()
         return "done"
 
@@ -341,6 +339,21 @@ class Trainer:
             self.tracker.log_plot(self.out_dir / "loss.png", self.progress.step)
         print0(f"sample: {text!r}")
         self.tracker.log_sample(text, self.progress.step)
+
+    def _score_hellaswag(self) -> None:
+        """HellaSwag accuracy of the model now (every rank scores its share), when eval.hellaswag_interval asks."""
+        if self.hellaswag is None:
+            return
+        start = time.perf_counter()
+        scores = hellaswag.score(self.model, self.hellaswag, self.ctx, self.autocast, self.cfg.train.micro_batch_size)
+        if self.log is None:
+            return
+        row = {"step": self.progress.step, "epoch": round(self.epoch, 4), "tokens_seen": self.progress.tokens_seen,
+               "hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"],
+               "hellaswag_items": scores["items"], "hellaswag_s": round(time.perf_counter() - start, 3)}
+        self._record(row)
+        print0(f"hellaswag step {row['step']}: acc {scores['acc']:.4f} | acc_norm {scores['acc_norm']:.4f} "
+               f"({scores['items']} items, {row['hellaswag_s']:.1f} s)")
 
     def _record(self, row: dict) -> None:
         """One row to metrics.jsonl and, when tracking, to W&B."""

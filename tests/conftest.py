@@ -155,3 +155,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+HELLASWAG_ITEMS = [  # made-up items in HellaSwag's official JSONL format (ctx, endings, label)
+    ("A man is sitting on a roof. He", ["starts pulling up roofing on a roof.", "is holding a cube.",
+                                        "drinks a glass of water.", "rides a bike down the road."], 0),
+    ("The painter looks at the canvas. She", ["picks up a brush and paints.", "swims across a lake.",
+                                              "eats a sandwich.", "reads the newspaper."], 0),
+    ("Every effort moves you closer to the goal, said Gisburn, looking at the picture that had been his wife's "
+     "favourite for many years before the last summer at the villa on the Riviera. Then he",
+     ["laughed.", "turned away from the picture and sighed for a long while.", "sat down.", "left the room."], 3),
+    ("A woman is kneading dough on a table. She", ["cuts the dough.", "flies away.", "sings.", "sleeps."], 0),
+    ("Two boys play football in the park. One of them", ["kicks the ball into the goal.", "bakes bread.",
+                                                         "writes a letter.", "paints the fence."], 0),
+    ("The dog runs after a stick. It", ["brings the stick back.", "opens a book.", "drives a car.",
+                                        "cooks dinner."], 0),
+    ("A chef chops onions in the kitchen. He", ["adds them to the pan.", "climbs a tree.", "plays the piano.",
+                                                "goes to sleep."], 2),
+    ("People are skiing down a snowy hill. A skier", ["falls in the snow.", "buys a ticket.", "swims.",
+                                                      "reads a map."], 1),
+    ("A girl is brushing her hair. She", ["ties it in a ponytail.", "eats soup.", "jumps off a roof.",
+                                          "drives a truck."], 0),
+    ("The gardener waters the plants. Then he", ["cuts the grass.", "writes code.", "flies a plane.",
+                                                 "paints a picture of the sea at sunset with friends."], 3),
+    ("A crowd watches the band play. The singer", ["waves to the crowd.", "leaves.", "sits.", "falls."], 1),
+]
+
+
+def write_hellaswag(path: Path, items=HELLASWAG_ITEMS) -> Path:
+    """A HellaSwag file in the official format (one JSON object per line, with the fields it has)."""
+    rows = [{"ind": i, "activity_label": "test", "ctx_a": ctx, "ctx_b": "", "ctx": ctx, "split": "val",
+             "split_type": "indomain", "label": label, "endings": endings, "source_id": f"test~{i}"}
+            for i, (ctx, endings, label) in enumerate(items)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def random_hf_gpt2(folder: Path, tie=True, vocab_size=50257, n_positions=64, std=0.1, seed=0):
+    """A transformers GPT2LMHeadModel with every tensor random (biases and norms too), saved by save_pretrained."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                                  tie_word_embeddings=tie)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, std)
+    model.save_pretrained(folder)
+    return model

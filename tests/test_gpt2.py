@@ -6,10 +6,16 @@ import torch
 from conftest import metrics_rows, run_module, train_args
 from openai_layout import HPARAMS, random_params, reference_logits, write_tf_checkpoint
 
-from gptdist import checkpoint, gpt2
+from gptdist import checkpoint, gpt2, loading
 from gptdist.errors import UserError
+from gptdist.model import GPTModel
 
 pytest.importorskip("tensorflow")
+
+
+def load_openai(folder):
+    cfg, state = loading.from_gpt2(folder)
+    return loading.load_weights(GPTModel(cfg), state, str(folder)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +26,7 @@ def openai_dir(tmp_path_factory):
 
 def test_loaded_model_matches_an_independent_reference(openai_dir):
     folder, params = openai_dir
-    model = gpt2.load_openai_gpt2(folder)
+    model = load_openai(folder)
     assert model.cfg.qkv_bias and model.cfg.tie_embeddings and model.cfg.context_length == HPARAMS["n_ctx"]
     assert model.out_head.weight is model.tok_emb.weight
     tokens = np.array([464, 3290, 318, 257, 1332, 286, 11, 50256, 17, 9])
@@ -34,8 +40,8 @@ def test_shape_mismatch_is_reported(tmp_path):
     params = random_params()
     params["model/h1/mlp/c_fc/b"] = params["model/h1/mlp/c_fc/b"][:10]
     folder = write_tf_checkpoint(tmp_path / "bad", params)
-    with pytest.raises(UserError, match=r"trf_blocks.1.ff.layers.0.bias: checkpoint shape \(10,\), model shape \(128,\)"):
-        gpt2.load_openai_gpt2(folder)
+    with pytest.raises(UserError, match=r"weight trf_blocks.1.ff.layers.0.bias has shape \(10,\), the model's \(128,\)"):
+        load_openai(folder)
 
 
 def test_missing_variable_is_reported(tmp_path):
@@ -43,7 +49,7 @@ def test_missing_variable_is_reported(tmp_path):
     del params["model/h0/ln_2/g"]
     folder = write_tf_checkpoint(tmp_path / "bad", params)
     with pytest.raises(UserError, match="lacks variable 'h0/ln_2/g'"):
-        gpt2.load_openai_gpt2(folder)
+        load_openai(folder)
 
 
 def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
@@ -60,11 +66,11 @@ def test_training_continues_from_openai_weights(tmp_path, openai_dir, verdict_da
     result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={folder}",
                                                       "model.context_length=32", "train.max_steps=4"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "initialised from OpenAI GPT-2 weights" in result.stdout
+    assert "initialised from the weights of" in result.stdout
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["model"]["emb_dim"] == HPARAMS["n_embd"] and start["config"]["model"]["qkv_bias"]
     evals = [row["step"] for row in metrics_rows(out) if "val_loss" in row]
-    reference = gpt2.load_openai_gpt2(folder)
+    reference = load_openai(folder)
     saved = checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])["model"]
     moved = (saved["trf_blocks.0.att.qkv.weight"] - reference.state_dict()["trf_blocks.0.att.qkv.weight"]).abs()
     assert 0 < moved.max() < 0.1  # trained a little from the loaded weights, not from scratch

@@ -162,7 +162,7 @@ def test_cuda_step_makes_no_host_sync(tmp_path, verdict_data, compile_):
 @pytest.mark.slow
 def test_float8_follows_the_bf16_loss_curve_and_keeps_the_checkpoint_format(tmp_path, verdict_data):
     pytest.importorskip("torchao")
-    from gptdist import checkpoint, loading
+    from gptdist import checkpoint, hf, loading
 
     runs = {}
     for recipe in ("null", "tensorwise", "rowwise"):
@@ -178,10 +178,13 @@ def test_float8_follows_the_bf16_loss_curve_and_keeps_the_checkpoint_format(tmp_
     for recipe in ("tensorwise", "rowwise"):
         assert runs[recipe] != bf16  # FP8 did compute something else
         assert runs[recipe] == pytest.approx(bf16, rel=0.01), recipe
-    # weights stay plain tensors under the usual names: a plain model loads the FP8 run's checkpoint
-    model = loading.model_from_checkpoint(tmp_path / "tensorwise")
+    # weights stay plain tensors under the usual names: a plain model loads the FP8 run's checkpoint, and
+    # every tensor has its Hugging Face name for an export
+    cfg, state = loading.from_checkpoint(tmp_path / "tensorwise")
+    model = loading.load_weights(GPTModel(cfg), state, "the FP8 run")
     saved = checkpoint.read(checkpoint.checkpoint_paths(tmp_path / "tensorwise" / "checkpoints")[-1])["model"]
     assert set(model.state_dict()) == set(saved)
+    assert len(hf.hf_tensors(cfg, state, torch.float32)) == 4 + 12 * cfg.n_layers + (not cfg.tie_embeddings)
 
 
 def test_float8_needs_torchao_and_says_so(tmp_path, verdict_data):

@@ -2,7 +2,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, metrics_rows, run_module, torchrun_command, train_args
+from conftest import REPO, metrics_rows, run_module, torchrun_command, train_args, write_hellaswag
 from wandb_offline import history, run_ids
 
 pytest.importorskip("wandb")
@@ -17,7 +17,8 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "x" * 40}
     overrides = ("logging.wandb=true", "logging.wandb_project=gptdist-test", "logging.wandb_tags=[ci, tiny]",
-                 "logging.interval=2", "eval.interval=4")
+                 "logging.interval=2", "eval.interval=4", "eval.hellaswag_interval=4",
+                 f"eval.hellaswag_file={write_hellaswag(tmp_path / 'hellaswag.jsonl')}")
     result = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=8", *overrides)),
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +32,9 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     assert {r["_step"]: r["val_loss"] for r in rows if "val_loss" in r} == \
         {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
     assert {r["_step"]: r["mfu"] for r in rows if "mfu" in r} == {r["step"]: r["mfu"] for r in metrics if "mfu" in r}
+    hellaswag = {r["_step"]: r["hellaswag_acc_norm"] for r in rows if "hellaswag_acc_norm" in r}
+    assert hellaswag == {r["step"]: r["hellaswag_acc_norm"] for r in metrics if "hellaswag_acc_norm" in r}
+    assert sorted(hellaswag) == [0, 4, 8]
     assert min(r["_step"] for r in rows if "val_loss" in r) == 0  # eval.at_start: the curve starts at the initial loss
     media = {key.split("/")[0] for row in rows for key in row if "/" in key}  # stored as nested keys
     assert media == {"samples", "loss_plot"}

@@ -1,0 +1,221 @@
+"""Hugging Face GPT-2 folders: imported with equal logits, exported so that transformers computes gptdist's logits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, VERDICT, newest_model, random_hf_gpt2, run_module, train_args
+
+from gptdist import export, hf, loading, sampling, tokenizer
+from gptdist.errors import UserError
+from gptdist.model import GPTModel
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import load_file, save_file  # noqa: E402  (after the skip: an optional extra)
+
+TOKENS = torch.tensor([[464, 3290, 318, 257, 1332, 286, 11, 50256, 17, 9, 1000, 50000]])
+
+
+def gptdist_model(folder):
+    cfg, state = loading.from_gpt2(folder)
+    return loading.load_weights(GPTModel(cfg), state, str(folder)).eval()
+
+
+def assert_same_logits(ours, theirs, tokens=TOKENS):
+    with torch.no_grad():
+        a, b = ours(tokens), theirs(tokens).logits
+    vocab = b.shape[-1]
+    torch.testing.assert_close(a[..., :vocab], b, atol=1e-4, rtol=0)
+    assert torch.isneginf(a[..., vocab:]).all()  # padded rows never compete
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_hugging_face_folder_loads_with_equal_logits(tmp_path, tie):
+    theirs = random_hf_gpt2(tmp_path / "hf", tie=tie)
+    ours = gptdist_model(tmp_path / "hf")
+    assert ours.cfg.tie_embeddings == tie and (ours.out_head.weight is ours.tok_emb.weight) == tie
+    assert ours.cfg.qkv_bias and ours.cfg.bias and ours.cfg.context_length == 64
+    assert_same_logits(ours, theirs)
+
+
+def test_the_hubs_gpt2_layout_loads(tmp_path):
+    """`huggingface-cli download gpt2` gives tensors without the "transformer." prefix, and the mask buffers."""
+    theirs = random_hf_gpt2(tmp_path / "hf")
+    tensors = load_file(tmp_path / "hf" / hf.WEIGHTS)
+    hub = {name.removeprefix("transformer."): tensor for name, tensor in tensors.items()}
+    for i in range(2):
+        hub[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+    assert "wte.weight" in hub and "lm_head.weight" not in hub
+    save_file(hub, tmp_path / "hf" / hf.WEIGHTS, metadata={"format": "pt"})
+    assert_same_logits(gptdist_model(tmp_path / "hf"), theirs)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_inner": 64}, "n_inner 64 is not GPT-2's"),
+    ({"activation_function": "relu"}, "activation_function 'relu' is not GPT-2's"),
+    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon 1e-06 is not GPT-2's"),
+    ({"model_type": "llama"}, "model_type 'llama' is not gpt2"),
+    ({"tie_word_embeddings": False}, "lack tensor 'lm_head.weight'"),
+])
+def test_what_gptdist_cannot_compute_is_refused_in_one_line(tmp_path, change, message):
+    random_hf_gpt2(tmp_path / "hf")
+    path = tmp_path / "hf" / hf.CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(UserError, match=message):
+        loading.from_gpt2(tmp_path / "hf")
+
+
+def test_generate_and_evaluate_read_a_hugging_face_folder(tmp_path, verdict_data):
+    theirs = random_hf_gpt2(tmp_path / "hf")
+    result = run_module("gptdist.generate", "--gpt2-dir", tmp_path / "hf", "--temperature", "0",
+                        "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
+    expected = theirs.generate(prompt, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert result.stdout.rstrip("\n") == tokenizer.decode(t for t in expected[0].tolist() if t != tokenizer.EOT_TOKEN)
+    scores = run_module("gptdist.evaluate", "--gpt2-dir", tmp_path / "hf", "--data", verdict_data, "--splits", "val")
+    assert scores.returncode == 0, scores.stderr[-2000:]
+    assert json.loads(scores.stdout.splitlines()[-1])["val"]["loss"] > 0
+
+
+def test_training_starts_from_a_hugging_face_folder(tmp_path, verdict_data):
+    random_hf_gpt2(tmp_path / "hf")
+    out = tmp_path / "run"
+    tiny_steps = ("optim.lr=1e-12", "schedule.initial_lr=1e-12", "schedule.min_lr=1e-12", "train.max_steps=1")
+    result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={tmp_path / 'hf'}",
+                                                      "model.drop_rate=0", *tiny_steps))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "initialised from the weights of" in result.stdout
+    _, state = loading.from_gpt2(tmp_path / "hf")
+    saved = newest_model(out)
+    for name in ("trf_blocks.1.att.qkv.weight", "trf_blocks.0.ff.layers.2.bias", "pos_emb.weight"):
+        torch.testing.assert_close(saved[name], state[name][: saved[name].shape[0]], atol=1e-6, rtol=0)
+    assert saved["pos_emb.weight"].shape[0] == 32  # the run's shorter context keeps the first positions
+
+
+# --- export ----------------------------------------------------------------------------
+
+VARIANTS = {
+    "untied-no-qkv-bias-padded": [],  # gptdist's defaults: none of them is GPT-2's
+    "tied-qkv-bias": ["model.tie_embeddings=true", "model.qkv_bias=true"],
+    "no-bias-sliced": ["model.bias=false", "model.vocab_padding=slice", "model.vocab_multiple=128"],
+    "sharded": ["checkpoint.sharded=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, verdict_data):
+    """A short run of each variant: its run folder."""
+    runs = {}
+    for name, overrides in VARIANTS.items():
+        out = tmp_path_factory.mktemp("export") / name
+        result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "eval.at_start=false",
+                                                          *overrides))
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = out
+    return runs
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_export_loads_in_transformers_with_equal_logits_and_greedy_text(tmp_path, trained, variant, monkeypatch):
+    out = tmp_path / "hf"
+    result = run_module("gptdist.export", "--checkpoint", trained[variant], "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "model.safetensors",
+                                                     "tokenizer_config.json", "vocab.json"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    cfg, state = loading.from_checkpoint(trained[variant])
+    ours = loading.load_weights(GPTModel(cfg), state, variant).eval()
+    assert_same_logits(ours, theirs)
+    prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
+    expected = sampling.generate(ours, prompt, 20, cfg.context_length)
+    greedy = theirs.generate(prompt, max_new_tokens=20, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert greedy[0].tolist()[: expected.shape[1]] == expected[0].tolist()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = VERDICT.read_text()[:2000]
+    assert tok(text)["input_ids"] == tokenizer.encode(text) and tok.eos_token_id == tokenizer.EOT_TOKEN
+
+
+def test_export_in_bf16(tmp_path, trained):
+    result = run_module("gptdist.export", "--checkpoint", trained["tied-qkv-bias"], "--out", tmp_path / "hf",
+                        "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tensors = load_file(tmp_path / "hf" / hf.WEIGHTS)
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16} and "lm_head.weight" not in tensors
+    assert json.loads((tmp_path / "hf" / hf.CONFIG).read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_an_existing_folder_is_replaced_only_with_overwrite(tmp_path, trained):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    refused = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", out)
+    assert refused.returncode == 2 and "already exists; pass --overwrite to replace it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and (out / "mine.txt").read_text() == "keep me"
+    replaced = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", out, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert not (out / "mine.txt").exists() and (out / hf.WEIGHTS).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary or old folder left beside it
+
+
+def test_a_failed_export_leaves_the_folder_as_it_was(tmp_path, trained, monkeypatch):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+
+    def disk_full(folder, *args):
+        (folder / hf.CONFIG).write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hf, "write", disk_full)
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", str(trained["sharded"]), "--out", str(out), "--overwrite"])
+    assert exit_.value.code == 2
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_export_without_safetensors_says_what_to_install(tmp_path, trained):
+    blocker = tmp_path / "blocker" / "safetensors"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no safetensors here')\n")
+    env = {"PYTHONPATH": f"{blocker.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", tmp_path / "hf", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gptdist.export: error: Hugging Face folders need safetensors: pip install 'gptdist[hf]'"
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
+    random_hf_gpt2(tmp_path / "small", vocab_size=1000)
+    result = run_module("gptdist.export", "--gpt2-dir", tmp_path / "small", "--out", tmp_path / "hf")
+    assert result.returncode == 2
+    assert "model.vocab_size 1000 is smaller than the GPT-2 tokenizer's 50257 tokens" in result.stderr
+    assert not (tmp_path / "hf").exists()
+
+
+def test_training_starts_from_a_gptdist_run(tmp_path, trained, verdict_data):
+    out = tmp_path / "continued"
+    tiny_steps = ("optim.lr=1e-12", "schedule.initial_lr=1e-12", "schedule.min_lr=1e-12", "train.max_steps=1")
+    result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={trained['tied-qkv-bias']}",
+                                                      "model.context_length=16", *tiny_steps))
+    assert result.returncode == 0, result.stderr[-2000:]
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["config"]["model"]["tie_embeddings"] and start["config"]["model"]["context_length"] == 16
+    source, saved = newest_model(trained["tied-qkv-bias"]), newest_model(out)
+    torch.testing.assert_close(saved["trf_blocks.0.att.qkv.bias"], source["trf_blocks.0.att.qkv.bias"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saved["pos_emb.weight"], source["pos_emb.weight"][:16], atol=1e-6, rtol=0)
+
+
+def test_gptdist_imports_without_the_hugging_face_extras(tmp_path):
+    blocker = tmp_path / "blocker"
+    for name in ("safetensors", "transformers"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    code = "import gptdist.train, gptdist.evaluate, gptdist.generate, gptdist.export, gptdist.bench"
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
