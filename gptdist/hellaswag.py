@@ -109,6 +109,10 @@ def score(model: torch.nn.Module, items: list[Item], ctx: distributed.Dist, auto
 
     `batch_rows_hint` sequences per forward, rounded down to whole items (four sequences each).
     """
+    largest = max(max(item.context + [token for ending in item.endings for token in ending]) for item in items)
+    if largest >= model.cfg.vocab_size:
+        raise UserError(f"HellaSwag's text encodes to GPT-2 token id {largest}, beyond the model's vocabulary of "
+                        f"{model.cfg.vocab_size} tokens; score a model with GPT-2's vocabulary")
     was_training = model.training
     model.eval()
     per_batch = max(1, batch_rows_hint // ENDINGS)

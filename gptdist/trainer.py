@@ -59,9 +59,9 @@ def check_architecture(saved: dict, model_cfg: config.ModelConfig, source: str) 
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
         started = time.perf_counter()
-        init = pretrained(cfg.model.init_from, ctx) if cfg.model.init_from else None
-        if init:  # continued pretraining: the architecture is the source's
-            cfg.model = continued_config(init[0], cfg.model, cfg.model.init_from)
+        init_cfg, init_weights = pretrained(cfg.model.init_from, ctx) if cfg.model.init_from else (None, None)
+        if init_cfg is not None:  # continued pretraining: the architecture is the source's
+            cfg.model = continued_config(init_cfg, cfg.model, cfg.model.init_from)
         self.cfg, self.ctx = cfg, ctx
         self.tracker = WandbTracker(cfg, ctx.is_main)  # without wandb installed: an error now, not later
         self.out_dir = Path(cfg.run.out_dir)
@@ -108,8 +108,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = GPTModel(cfg.model)
-        if init and not resume:
-            load_weights(self.model, init[1], cfg.model.init_from)
+        if init_weights is not None and not resume:
+            load_weights(self.model, init_weights, cfg.model.init_from)
             print0(f"initialised from the weights of {cfg.model.init_from}")
         self.model.to(ctx.device)
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)

@@ -94,3 +94,16 @@ def test_evaluate_and_generate_from_openai_dir(tmp_path, openai_dir, verdict_dat
     assert scores["val"]["samples"] == len(windows)
     greedy = run_module("gptdist.generate", "--gpt2-dir", folder, "--temperature", "0", "--max-new-tokens", "5")
     assert greedy.returncode == 0 and greedy.stdout.startswith("Every effort moves you")
+
+
+def test_openai_weights_export_to_hugging_face_with_the_reference_logits(tmp_path, openai_dir, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    folder, params = openai_dir
+    result = run_module("gptdist.export", "--gpt2-dir", folder, "--out", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokens = np.array([464, 3290, 318, 257, 1332, 286, 11, 50256, 17, 9])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens)[None]).logits[0].double().numpy()
+    np.testing.assert_allclose(logits, reference_logits(params, tokens), atol=2e-4, rtol=1e-4)

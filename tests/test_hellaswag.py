@@ -78,6 +78,14 @@ def test_a_malformed_file_is_one_line_naming_the_line(tmp_path, hf_model):
     assert f"{data}:3 is not a HellaSwag item" in result.stderr
 
 
+def test_a_model_without_gpt2s_vocabulary_is_refused(tmp_path):
+    random_hf_gpt2(tmp_path / "small", vocab_size=1000)
+    data = write_hellaswag(tmp_path / "hellaswag.jsonl")
+    result = run_module("gptdist.evaluate", "--task", "hellaswag", "--gpt2-dir", tmp_path / "small",
+                        "--hellaswag-file", data)
+    assert result.returncode == 2 and "beyond the model's vocabulary of 1000 tokens" in result.stderr
+
+
 def test_the_official_set_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(hellaswag, "VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens on port 9
     with pytest.raises(UserError, match=r"cannot download hellaswag_val.jsonl .*place the file at"):

@@ -53,6 +53,13 @@ def test_the_hubs_gpt2_layout_loads(tmp_path):
     assert_same_logits(gptdist_model(tmp_path / "hf"), theirs)
 
 
+def test_a_sharded_hugging_face_folder_loads(tmp_path):
+    theirs = random_hf_gpt2(tmp_path / "hf", tie=False)
+    theirs.save_pretrained(tmp_path / "sharded", max_shard_size="2MB")
+    assert (tmp_path / "sharded" / hf.WEIGHTS_INDEX).is_file() and len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    assert_same_logits(gptdist_model(tmp_path / "sharded"), theirs)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"n_inner": 64}, "n_inner 64 is not GPT-2's"),
     ({"activation_function": "relu"}, "activation_function 'relu' is not GPT-2's"),
