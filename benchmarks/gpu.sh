@@ -19,8 +19,9 @@
 # benchmarks/gpu_report.py adds a ratio row per shape and prints the table. The timing data are
 # 50M random token ids (benchmarks/synthetic_shards.py): no network needed.
 # GPTDIST_ARGS and NANOGPT_ARGS are appended to every gptdist and nanoGPT run, BENCH_STEPS replaces
-# "--steps 30 --warmup 8", CURVE_STEPS the 150 steps of the loss curves: tests/test_benchmarks.py
-# runs the script on a CPU with tiny models this way.
+# "--steps 30 --warmup 8", CURVE_STEPS the 150 steps of the loss curves, CORPUS_MB the 32 MB of The
+# Verdict's paragraphs they train on: tests/test_benchmarks.py runs the script on a CPU with tiny
+# models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|checkpoint|fsdp|all ...]}
@@ -90,8 +91,8 @@ for part in $PARTS; do
       for recipe in tensorwise rowwise; do
         record "355M mb16" "gptdist float8=$recipe" gptdist $MEDIUM train.micro_batch_size=16 train.float8=$recipe
       done
-      if python -c "from pathlib import Path; from gptdist import bench, tokenizer; tokenizer.gpt2_encoding()
-bench.synthetic_corpus(Path('$TMP/text'), 32)" 2>/dev/null; then  # 32 MB of The Verdict's paragraphs
+      if python -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import bench
+tokenizer.gpt2_encoding(); bench.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB:-32})" 2>/dev/null; then
         python -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
         for recipe in null tensorwise; do
           python -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \

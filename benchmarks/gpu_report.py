@@ -1,6 +1,6 @@
 """The rows of benchmarks/gpu.sh: tag a run's JSON line, and turn the runs into ratios and a table.
 
-    python benchmarks/gpu_report.py benchmarks/results-gpu.jsonl      ratio rows (rewritten) + a markdown table
+    python benchmarks/gpu_report.py benchmarks/results-gpu.jsonl    ratio rows (rewritten), a markdown table
     ... | python benchmarks/gpu_report.py --tag SHAPE LABEL           a run's JSON line with shape and label
     ... | python benchmarks/gpu_report.py --error SHAPE LABEL         a failed run's row, from its last output
     python benchmarks/gpu_report.py --curves SHAPE RUN_A RUN_B        the loss curves of two training runs
@@ -32,7 +32,8 @@ def curves(shape: str, *runs: str) -> None:
     for run in runs:
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
         start = rows[0]["config"]
-        losses[start["train"]["float8"] or "bf16"] = {r["step"]: round(r["loss"], 4) for r in rows if "loss" in r}
+        recipe = start["train"]["float8"] or "bf16"
+        losses[recipe] = {r["step"]: round(r["loss"], 4) for r in rows if "loss" in r}
     print(json.dumps({"label": "loss curves", "shape": shape, "losses": losses}))
 
 
@@ -78,12 +79,12 @@ def report(path: Path) -> None:
         elif "tokens_per_sec" in r:
             ratio = by_run.get((r["shape"], r["label"]))
             shown = f"**{ratio['ratio']:.2f}x** {ratio['label'].split(' / ')[1]}" if ratio else ""
-            print(f"| {r['shape']} | {r['label']} | {r['tokens_per_sec'] / 1e3:,.0f}K | {100 * r['mfu']:.1f}% | "
-                  f"{r['peak_memory_mb'] / 1024:.1f} GB | {shown} |")
+            print(f"| {r['shape']} | {r['label']} | {r['tokens_per_sec'] / 1e3:,.0f}K | "
+                  f"{100 * r['mfu']:.1f}% | {r['peak_memory_mb'] / 1024:.1f} GB | {shown} |")
         elif "state_mb" in r:
-            print(f"| {r['shape']} | {r['label']} | {r['ms_per_step']:,.0f} ms/step at micro-batch {r['micro_batch_size']}: "
-                  f"state {r['state_mb'] / 1024:.1f} GB, activations {r['activations_mb'] / 1024:.1f} GB per rank | | "
-                  f"{r['peak_memory_mb'] / 1024:.1f} GB | |")
+            print(f"| {r['shape']} | {r['label']} | {r['ms_per_step']:,.0f} ms/step at micro-batch "
+                  f"{r['micro_batch_size']}: state {r['state_mb'] / 1024:.1f} GB, activations "
+                  f"{r['activations_mb'] / 1024:.1f} GB per rank | | {r['peak_memory_mb'] / 1024:.1f} GB | |")
         elif "stall_s" in r:
             print(f"| {r['shape']} | {r['label']} | training stopped {r['stall_s']:.2f} s (blocking save: "
                   f"{r['blocking_s']:.2f} s) for {r['bytes'] / 1e9:.2f} GB | | | |")

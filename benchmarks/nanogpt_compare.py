@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptdist.bench import device_name, peak_memory_mb
-from gptdist.flops import device_peak
-from gptdist.throughput import synchronize
+from gptdist.observe.flops import device_peak
+from gptdist.observe.throughput import synchronize
+from gptdist.training.bench import device_name, peak_memory_mb
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt-dir", required=True)
-    parser.add_argument("--data", required=True, help="a gptdist prepared folder (its first train shard is read)")
+    parser.add_argument("--data", required=True, help="a gptdist prepared folder (its first train shard is "
+                                                      "read)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--n-layer", type=int, default=6)
@@ -52,8 +53,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.manual_seed(1337)
     shard = Path(args.data) / "train-00000.bin"
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                       bias=False, vocab_size=50304, dropout=0.0)
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                       block_size=args.block_size, bias=False, vocab_size=50304, dropout=0.0)
     model = GPT(config).to(device)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
     raw_model = model
@@ -65,7 +66,8 @@ def main() -> None:
         data = np.memmap(shard, dtype=np.uint16, mode="r")
         ix = torch.randint(len(data) - args.block_size, (args.batch_size,))
         x = torch.stack([torch.from_numpy(data[i : i + args.block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + args.block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + args.block_size].astype(np.int64))
+                         for i in ix])
         if device.type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x, y

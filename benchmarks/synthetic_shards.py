@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptdist import shards
+from gptdist.data import shards
 from gptdist.tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME
 
 
@@ -28,9 +28,9 @@ def main() -> None:
         for start in range(0, count, 1 << 24):
             writer.add_document(rng.integers(0, GPT2_VOCAB_SIZE, min(1 << 24, count - start)).astype(dtype))
         splits[split] = writer.close()
-    shards.write_manifest(out, {"format": shards.FORMAT, "tokenizer": TOKENIZER_NAME, "vocab_size": GPT2_VOCAB_SIZE,
-                                "eot_token": EOT_TOKEN, "dtype": dtype.name, "splits": splits,
-                                "source": {"synthetic": True, "tokens": args.tokens}})
+    shards.write_manifest(out, {"format": shards.FORMAT, "tokenizer": TOKENIZER_NAME,
+                                "vocab_size": GPT2_VOCAB_SIZE, "eot_token": EOT_TOKEN, "dtype": dtype.name,
+                                "splits": splits, "source": {"synthetic": True, "tokens": args.tokens}})
 
 
 if __name__ == "__main__":

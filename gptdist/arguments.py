@@ -20,7 +20,8 @@ def _number(kind, description: str, valid):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"{text!r}") \
                 from None
         if not valid(value):
             raise argparse.ArgumentTypeError(f"{value} is out of range (must be {description})")

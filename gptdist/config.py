@@ -1,7 +1,10 @@
 """Typed run configuration: YAML file + `section.key=value` overrides -> dataclasses.
 
-Every field is documented where it is declared. An unknown key, a value of the wrong
-type or a missing file is one UserError naming the key and the valid choices.
+Every key is declared once, where its field is: its type (a `Literal` lists its choices), its
+default, the range it must lie in, and, for model keys, whether it shapes the weights
+(`option(..., architecture=...)`). Everything else is derived from those declarations: the
+checks below, the keys a resume compares, the keys `model.init_from` takes. An unknown key, a
+value of the wrong type or out of range, or a missing file is one UserError naming the key.
 """
 
 import dataclasses
@@ -9,8 +12,10 @@ import keyword
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -28,6 +33,40 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a key accepts, worded as its error message says them (None is always accepted
+    where the key's type allows it)."""
+
+    description: str
+    accepts: Callable[[typing.Any], bool]
+
+
+POSITIVE = Range("> 0", lambda v: v > 0)
+NON_NEGATIVE = Range(">= 0", lambda v: v >= 0)
+AT_LEAST_ONE = Range("at least 1", lambda v: v >= 1)
+FINITE_POSITIVE = Range("finite and > 0", lambda v: math.isfinite(v) and v > 0)
+FINITE_NON_NEGATIVE = Range("finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
+PROBABILITY = Range("in [0, 1)", lambda v: 0 <= v < 1)
+BETAS = Range("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
+NON_EMPTY = Range("a non-empty text", lambda v: v != "")
+
+# What a model key is to the weights (an option's `architecture`). Both kinds shape them, so a
+# checkpoint resumes only with the same value. model.init_from takes a SOURCE key's value from its
+# source, and cuts or pads its weights to the run's own value of a SHAPE key (context, vocabulary rows).
+SHAPE = "shape"
+SOURCE = "source"
+
+
+def option(default=None, check: Range | None = None, *, architecture: str | None = None, factory=None):
+    """A config field: its default (or a `factory` for mutable ones), the Range its values must lie
+    in, and for model keys SHAPE or SOURCE."""
+    metadata = {"check": check, "architecture": architecture}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class RunConfig:
     out_dir: str = "out/run"  # checkpoints, metrics.jsonl, config.yaml, loss.png go here
@@ -37,87 +76,102 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dir: str = "data/verdict"  # a folder made by `python -m gptdist.prepare`
-    stride: int | None = None  # tokens between sample starts; None: context_length (no overlap)
+    # tokens between sample starts; None: context_length (no overlap)
+    stride: int | None = option(None, POSITIVE)
     verify: bool = True  # check every shard's sha256 and token ids at start (one read of the data)
 
 
 @dataclass
 class ModelConfig:
     preset: str | None = None  # gpt2-small|medium|large|xl or a small CPU preset; keys below override it
-    vocab_size: int = GPT2_VOCAB_SIZE
-    vocab_multiple: int = 64  # embedding/head rows padded to a multiple (50,257 -> 50,304); logits stay vocab_size
-    context_length: int = 256
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = False
-    bias: bool = True  # biases in the other linear layers and the LayerNorms (GPT-2's); false: none, as nanoGPT's bias=False
-    vocab_padding: str = "bias"  # how padded logits are kept out of the softmax: bias (-inf, in the head's matmul) | slice
-    tie_embeddings: bool = False  # share tok_emb's matrix with out_head (OpenAI's GPT-2 does)
-    init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's defaults (the book's)
-    # Start from pretrained weights (their architecture replaces the keys above; dropout, padding and a shorter
-    # context stay this config's): gpt2-124M|355M|774M|1558M (OpenAI's, downloaded), a folder of OpenAI or
-    # Hugging Face GPT-2 files, or a gptdist checkpoint or run folder.
+    vocab_size: int = option(GPT2_VOCAB_SIZE, POSITIVE, architecture=SOURCE)
+    # embedding/head rows padded to a multiple (50,257 -> 50,304); logits stay vocab_size
+    vocab_multiple: int = option(64, POSITIVE, architecture=SHAPE)
+    context_length: int = option(256, POSITIVE, architecture=SHAPE)
+    emb_dim: int = option(768, POSITIVE, architecture=SOURCE)
+    n_heads: int = option(12, POSITIVE, architecture=SOURCE)
+    n_layers: int = option(12, POSITIVE, architecture=SOURCE)
+    drop_rate: float = option(0.1, PROBABILITY)
+    qkv_bias: bool = option(False, architecture=SOURCE)
+    # biases in the other linear layers and the LayerNorms (GPT-2's); false: none, as nanoGPT's bias=False
+    bias: bool = option(True, architecture=SOURCE)
+    # how padded logits are kept out of the softmax: bias (-inf, in the head's matmul) | slice
+    vocab_padding: Literal["bias", "slice"] = "bias"
+    tie_embeddings: bool = option(False, architecture=SOURCE)  # out_head shares tok_emb's matrix (as GPT-2)
+    init: Literal["gpt2", "torch"] = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's
+    # Start from pretrained weights (their architecture replaces the SOURCE keys above; dropout, padding
+    # and a shorter context stay this config's): gpt2-124M|355M|774M|1558M (OpenAI's, downloaded), a
+    # folder of OpenAI or Hugging Face GPT-2 files, or a gptdist checkpoint or run folder.
     init_from: str | None = None
 
 
 @dataclass
 class TrainConfig:
-    micro_batch_size: int = 8  # sequences per process per forward pass
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (at the world size it was set for)
-    max_steps: int | None = None  # optimizer steps; None: run `epochs` epochs
-    epochs: int = 1
-    precision: str = "auto"  # auto|fp32|bf16|fp16; auto: bf16 on CUDA that supports it, else fp32
-    grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
+    micro_batch_size: int = option(8, POSITIVE)  # sequences per process per forward pass
+    # micro-batches per optimizer step (at the world size it was set for)
+    grad_accum_steps: int = option(1, POSITIVE)
+    max_steps: int | None = option(None, POSITIVE)  # optimizer steps; None: run `epochs` epochs
+    epochs: int = option(1, POSITIVE)
+    # auto: bf16 on CUDA that supports it, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_clip: float | None = option(1.0, FINITE_NON_NEGATIVE)  # max global gradient norm; None or 0: none
     compile: bool = False  # torch.compile the model and its loss as one graph
-    compile_mode: str = "default"  # torch.compile mode: default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs
-    float8: str | None = None  # FP8 matmuls in the blocks' linear layers (torchao): tensorwise|rowwise; docs/performance.md
-    device: str = "auto"  # auto|cpu|cuda
-    # Stop after this many steps in a row with a non-finite loss or gradient norm. None of them is applied; the
-    # count lives on the device and is read at the next log, eval or checkpoint: at most logging.interval - 1
-    # further steps run (and are skipped too) before the stop.
-    max_bad_steps: int = 5
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = "default"  # torch.compile's mode
+    # FP8 matmuls in the blocks' linear layers (torchao); docs/performance.md
+    float8: Literal["tensorwise", "rowwise"] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Stop after this many steps in a row with a non-finite loss or gradient norm. None of them is applied;
+    # the count lives on the device and is read at the next log, eval or checkpoint: at most
+    # logging.interval - 1 further steps run (and are skipped too) before the stop.
+    max_bad_steps: int = option(5, POSITIVE)
     tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
-    reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (see gptdist/host_memory.py)
-    ddp_bucket_mb: int = 25  # DDP gradient all-reduce bucket size
+    reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (training/host_memory.py)
+    ddp_bucket_mb: int = option(25, POSITIVE)  # DDP gradient all-reduce bucket size
     # ddp: every rank holds all weights, gradients and AdamW moments (16 bytes per parameter). fsdp: FSDP2
     # shards them across the ranks (about 16 / world_size bytes per parameter) and gathers each block's
     # weights just before it runs; for models whose state does not fit one GPU. Needs torchrun.
-    parallel: str = "ddp"
-    fsdp_reshard_after_forward: bool = True  # fsdp: free each block's gathered weights after its forward (gathered again in backward)
-    activation_checkpointing: str = "none"  # none|blocks: keep only each block's input, recompute the rest in backward
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # fsdp: free each block's gathered weights after its forward (gathered again in backward)
+    fsdp_reshard_after_forward: bool = True
+    # none|blocks: keep only each block's input, recompute the rest in backward
+    activation_checkpointing: Literal["none", "blocks"] = "none"
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 4e-4  # the peak learning rate
-    weight_decay: float = 0.1  # applied to matrices (linear and embedding weights) only
-    betas: tuple[float, float] = (0.9, 0.95)
+    lr: float = option(4e-4, FINITE_POSITIVE)  # the peak learning rate
+    # applied to matrices (linear and embedding weights) only
+    weight_decay: float = option(0.1, FINITE_NON_NEGATIVE)
+    betas: tuple[float, float] = option((0.9, 0.95), BETAS)
 
 
 @dataclass
 class ScheduleConfig:
-    warmup_steps: int = 0  # linear warmup from initial_lr to optim.lr
-    initial_lr: float = 1e-5
-    min_lr: float = 1e-5  # the end of the half-cosine decay
-    decay: str = "cosine"  # cosine|constant after warmup
+    warmup_steps: int = option(0, NON_NEGATIVE)  # linear warmup from initial_lr to optim.lr
+    initial_lr: float = option(1e-5, FINITE_NON_NEGATIVE)
+    min_lr: float = option(1e-5, FINITE_NON_NEGATIVE)  # the end of the half-cosine decay
+    decay: Literal["cosine", "constant"] = "cosine"  # after warmup
 
 
 @dataclass
 class EvalConfig:
-    interval: int = 100  # optimizer steps between evaluations (and at the end)
-    batches: int = 10  # batches of each split per evaluation
-    at_start: bool = True  # evaluate (and sample) before the first update too, so that curves start at the initial loss
-    hellaswag_interval: int | None = None  # optimizer steps between HellaSwag scores (and at the end); None: never
-    hellaswag_file: str | None = None  # a file in HellaSwag's JSONL format; None: the official validation set (downloaded)
-    hellaswag_items: int | None = None  # score only the first N items; None: all (10,042 in the validation set)
+    interval: int = option(100, POSITIVE)  # optimizer steps between evaluations (and at the end)
+    batches: int = option(10, POSITIVE)  # batches of each split per evaluation
+    # evaluate (and sample) before the first update too, so that curves start at the initial loss
+    at_start: bool = True
+    # optimizer steps between HellaSwag scores (and at the end); None: never
+    hellaswag_interval: int | None = option(None, POSITIVE)
+    # a file in HellaSwag's JSONL format; None: the official validation set (downloaded)
+    hellaswag_file: str | None = None
+    # score only the first N items; None: all (10,042 in the validation set)
+    hellaswag_items: int | None = option(None, POSITIVE)
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 500  # optimizer steps between checkpoints (and at the end)
-    keep: int = 3  # the newest checkpoints kept
+    interval: int = option(500, POSITIVE)  # optimizer steps between checkpoints (and at the end)
+    keep: int = option(3, AT_LEAST_ONE)  # the newest checkpoints kept
     resume: str = "auto"  # auto: from the newest checkpoint in out_dir; never; or a checkpoint path
     # `checkpoint.async` (a Python keyword, hence the _): write in the background while training goes
     # on; training stops only to copy the state into host memory. false: every save blocks until durable.
@@ -130,20 +184,20 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    interval: int = 10  # optimizer steps between metrics rows
+    interval: int = option(10, POSITIVE)  # optimizer steps between metrics rows
     wandb: bool = False  # track the run in Weights & Biases (rank 0); mode from WANDB_MODE
     wandb_project: str = "gptdist"
     wandb_entity: str | None = None
     wandb_run_name: str | None = None  # default: the name of run.out_dir
-    wandb_tags: list[str] = field(default_factory=list)
+    wandb_tags: list[str] = option(factory=list)
 
 
 @dataclass
 class SampleConfig:
-    prompt: str = "Every effort moves you"
-    max_new_tokens: int = 50
-    temperature: float = 1.0  # 0: greedy
-    top_k: int | None = 50  # None: no top-k filter
+    prompt: str = option("Every effort moves you", NON_EMPTY)
+    max_new_tokens: int = option(50, POSITIVE)
+    temperature: float = option(1.0, FINITE_NON_NEGATIVE)  # 0: greedy
+    top_k: int | None = option(50, POSITIVE)  # None: no top-k filter
 
 
 @dataclass
@@ -164,6 +218,15 @@ class Config:
                 for section, values in dataclasses.asdict(self).items()}
 
 
+def architecture_keys(*roles: str) -> tuple[str, ...]:
+    """The model keys whose `architecture` is one of `roles` (SHAPE, SOURCE), in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("architecture") in roles)
+
+
+ARCHITECTURE_KEYS = architecture_keys(SHAPE, SOURCE)  # a checkpoint must match them to be resumed
+PRETRAINED_KEYS = architecture_keys(SOURCE)  # what model.init_from takes from its source
+
+
 def key_of(field_name: str) -> str:
     """The config key of a dataclass field: a key that is a Python keyword is a field with a trailing _."""
     return field_name[:-1] if keyword.iskeyword(field_name[:-1]) else field_name
@@ -173,60 +236,9 @@ def field_of(key: str) -> str:
     return f"{key}_" if keyword.iskeyword(key) else key
 
 
-CHOICES = {
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "schedule.decay": ("cosine", "constant"),
-    "model.init": ("gpt2", "torch"),
-    "model.vocab_padding": ("bias", "slice"),
-    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "train.float8": ("tensorwise", "rowwise"),
-    "train.parallel": ("ddp", "fsdp"),
-    "train.activation_checkpointing": ("none", "blocks"),
-}
-
-
-POSITIVE = ("> 0", lambda v: v > 0)
-NON_NEGATIVE = (">= 0", lambda v: v >= 0)
-FINITE_POSITIVE = ("finite and > 0", lambda v: math.isfinite(v) and v > 0)
-FINITE_NON_NEGATIVE = ("finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
-PROBABILITY = ("in [0, 1)", lambda v: 0 <= v < 1)
-
-# The valid range of every numeric key (a None where the key allows one is always valid).
-RANGES = {
-    "data.stride": POSITIVE,
-    **{f"model.{k}": POSITIVE for k in ("vocab_size", "vocab_multiple", "context_length", "emb_dim", "n_heads",
-                                        "n_layers")},
-    "model.drop_rate": PROBABILITY,
-    **{f"train.{k}": POSITIVE for k in ("micro_batch_size", "grad_accum_steps", "max_steps", "epochs",
-                                        "max_bad_steps", "ddp_bucket_mb")},
-    "train.grad_clip": FINITE_NON_NEGATIVE,
-    "optim.lr": FINITE_POSITIVE,
-    "optim.weight_decay": FINITE_NON_NEGATIVE,
-    "optim.betas": ("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
-    "schedule.warmup_steps": NON_NEGATIVE,
-    "schedule.initial_lr": FINITE_NON_NEGATIVE,
-    "schedule.min_lr": FINITE_NON_NEGATIVE,
-    "eval.interval": POSITIVE,
-    "eval.batches": POSITIVE,
-    "eval.hellaswag_interval": POSITIVE,
-    "eval.hellaswag_items": POSITIVE,
-    "checkpoint.interval": POSITIVE,
-    "checkpoint.keep": ("at least 1", lambda v: v >= 1),
-    "logging.interval": POSITIVE,
-    "sample.max_new_tokens": POSITIVE,
-    "sample.temperature": FINITE_NON_NEGATIVE,
-    "sample.top_k": POSITIVE,
-    "sample.prompt": ("a non-empty text", lambda v: v != ""),
-}
-
-
-def _check_range(key: str, value) -> None:
-    if value is None or key not in RANGES:
-        return
-    description, valid = RANGES[key]
-    if not valid(value):
-        raise UserError(f"config key {key}: {value!r} is out of range (must be {description})")
+def _check_range(key: str, value, check: Range | None) -> None:
+    if value is not None and check is not None and not check.accepts(value):
+        raise UserError(f"config key {key}: {value!r} is out of range (must be {check.description})")
 
 
 def _convert(key: str, value, hint):
@@ -237,6 +249,10 @@ def _convert(key: str, value, hint):
             return None
         (hint,) = [a for a in args if a is not type(None)]
         return _convert(key, value, hint)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"config key {key}: {value!r} is not one of {', '.join(args)}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"config key {key}: expected a list, got {value!r}")
@@ -254,9 +270,33 @@ def _convert(key: str, value, hint):
             pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise UserError(f"config key {key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(f"config key {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
     return value
+
+
+def _with_preset(values: dict) -> dict:
+    """The model section with its preset's keys filled in where the section does not set them."""
+    preset = values.get("preset")
+    if preset is None:
+        return values
+    if preset not in PRESETS:
+        raise UserError(f"config key model.preset: unknown preset {preset!r}; "
+                        f"known presets: {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **values}
+
+
+def _build_section(name: str, cls: type, values) -> object:
+    if not isinstance(values, dict):
+        raise UserError(f"config section {name} must be a mapping of keys, got {values!r}")
+    values = _with_preset(dict(values)) if name == "model" else dict(values)
+    hints = typing.get_type_hints(cls)
+    keys = [key_of(field_name) for field_name in hints]
+    for key in values:
+        if key not in keys:
+            raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(keys)}")
+    section = cls(**{field_of(k): _convert(f"{name}.{k}", v, hints[field_of(k)]) for k, v in values.items()})
+    for f in dataclasses.fields(cls):
+        _check_range(f"{name}.{key_of(f.name)}", getattr(section, f.name), f.metadata.get("check"))
+    return section
 
 
 def build(raw: dict) -> Config:
@@ -269,28 +309,9 @@ def build(raw: dict) -> Config:
     sections = typing.get_type_hints(Config)
     unknown = set(raw) - set(sections)
     if unknown:
-        raise UserError(f"unknown config section {sorted(unknown)[0]!r}; valid sections: {', '.join(sections)}")
-    built = {}
-    for name, cls in sections.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise UserError(f"config section {name} must be a mapping of keys, got {values!r}")
-        values = dict(values)
-        if name == "model" and values.get("preset") is not None:
-            preset = values["preset"]
-            if preset not in PRESETS:
-                raise UserError(f"config key model.preset: unknown preset {preset!r}; "
-                                f"known presets: {', '.join(PRESETS)}")
-            values = {**PRESETS[preset], **values}
-        hints = typing.get_type_hints(cls)
-        keys = [key_of(field_name) for field_name in hints]
-        for key in values:
-            if key not in keys:
-                raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(keys)}")
-        built[name] = cls(**{field_of(k): _convert(f"{name}.{k}", v, hints[field_of(k)]) for k, v in values.items()})
-        for key, value in vars(built[name]).items():
-            _check_range(f"{name}.{key}", value)
-    return Config(**built)
+        raise UserError(f"unknown config section {sorted(unknown)[0]!r}; "
+                        f"valid sections: {', '.join(sections)}")
+    return Config(**{name: _build_section(name, cls, raw.get(name) or {}) for name, cls in sections.items()})
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -329,6 +350,8 @@ def load(path: str | None, overrides: list[str]) -> Config:
 
 
 def save(config: Config, path: Path) -> None:
-    data = config.to_dict()
-    data["optim"]["betas"] = list(data["optim"]["betas"])
+    """The config as YAML, as `load` reads it back (tuples written as lists)."""
+    data = {section: {key: list(value) if isinstance(value, tuple) else value
+                      for key, value in values.items()}
+            for section, values in config.to_dict().items()}
     path.write_text(yaml.safe_dump(data, sort_keys=False))

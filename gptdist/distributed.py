@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from .errors import UserError
 
@@ -19,7 +20,8 @@ class Dist:
     local_rank: int
     world_size: int
     device: torch.device
-    control_group: object = None  # a gloo group for CPU flags: checking them never syncs a GPU or meets DDP's traffic
+    # a gloo group for CPU flags: checking them never syncs a GPU or meets DDP's traffic
+    control_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -128,6 +130,11 @@ def all_gather_objects(obj) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj, group=None)
     return gathered
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: the local shard of an FSDP parameter, any other tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def barrier() -> None:

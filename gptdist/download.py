@@ -5,7 +5,6 @@ partial one exists), checked against its known size and sha256, and only then
 renamed to `NAME`. A cached file is re-verified before it is reused.
 """
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -14,21 +13,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import UserError
-
-CHUNK = 1 << 20
+from .fs import CHUNK, sha256_of
 
 
 def cache_dir() -> Path:
     """The download cache: $GPTDIST_CACHE, default ~/.cache/gptdist."""
     return Path(os.environ.get("GPTDIST_CACHE") or Path.home() / ".cache" / "gptdist")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _matches(path: Path, size: int | None, sha256: str | None) -> bool:

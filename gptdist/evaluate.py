@@ -1,7 +1,8 @@
-"""python -m gptdist.evaluate: loss and perplexity on prepared data, or HellaSwag accuracy, of any model.
+r"""python -m gptdist.evaluate: loss and perplexity on prepared data, or HellaSwag accuracy, of any model.
 
     python -m gptdist.evaluate --gpt2 124M --data data/verdict --context-length 256
-    torchrun --nproc_per_node=4 -m gptdist.evaluate --checkpoint runs/gutenberg-gpt2-124m --data data/gutenberg
+    torchrun --nproc_per_node=4 -m gptdist.evaluate --checkpoint runs/gutenberg-gpt2-124m \
+        --data data/gutenberg
     python -m gptdist.evaluate --task hellaswag --gpt2-dir gpt2-hf
 
 Under torchrun every rank evaluates its share and the results are summed exactly.
@@ -11,27 +12,32 @@ HellaSwag's validation set gives GPT-2 124M acc 0.2859, acc_norm 0.2955 (one JSO
 
 import json
 
-from . import distributed, hellaswag, loading, precision, shards
+from . import distributed
 from .arguments import ArgumentParser, positive_int
-from .data import TokenWindows
+from .checkpoint import pretrained
+from .data import shards
+from .data.windows import TokenWindows
 from .errors import UserError, cli
-from .evaluation import evaluate_loss, perplexity
-from .loss import NextTokenLoss
-from .trainer import check_data_matches_model
+from .evaluation import hellaswag
+from .evaluation.perplexity import evaluate_loss, perplexity
+from .model.loss import NextTokenLoss
+from .training import precision
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog="gptdist.evaluate", description=__doc__.split("\n\n")[0])
-    loading.add_model_arguments(parser)
+    pretrained.add_model_arguments(parser)
     parser.add_argument("--task", default="loss", choices=("loss", "hellaswag"),
-                        help="loss: loss and perplexity on --data; hellaswag: accuracy on HellaSwag's validation set")
+                        help="loss: loss and perplexity on --data; hellaswag: accuracy on HellaSwag's "
+                             "validation set")
     parser.add_argument("--data", help="a prepared data folder (--task loss)")
-    parser.add_argument("--hellaswag-file", help="a local file in HellaSwag's JSONL format (default: the official "
-                        "validation set, downloaded once into the cache)")
+    parser.add_argument("--hellaswag-file", help="a local file in HellaSwag's JSONL format (default: the "
+                                                 "official validation set, downloaded once into the cache)")
     parser.add_argument("--limit", type=positive_int, help="--task hellaswag: score only the first N items")
     parser.add_argument("--splits", nargs="+", default=list(shards.SPLITS), choices=shards.SPLITS)
     parser.add_argument("--context-length", type=positive_int, help="window length (default: the model's)")
-    parser.add_argument("--stride", type=positive_int, help="tokens between windows (default: the context length)")
+    parser.add_argument("--stride", type=positive_int, help="tokens between windows (default: the context "
+                                                            "length)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="sequences per forward (hellaswag: rounded down to whole items of 4)")
     parser.add_argument("--batches", type=positive_int, help="batches per rank (default: the whole split)")
@@ -48,7 +54,7 @@ def main(argv=None) -> None:
     ctx = distributed.setup(args.device, "--device")
     try:
         items = hellaswag.load(args.hellaswag_file, args.limit, ctx) if args.task == "hellaswag" else None
-        model = loading.model_from_arguments(args, ctx.device)
+        model = pretrained.model_from_arguments(args, ctx.device)
         autocast = precision.autocast(precision.resolve(args.precision, ctx.device), ctx.device)
         if items:
             distributed.print0(json.dumps(hellaswag.score(model, items, ctx, autocast, args.batch_size)))
@@ -61,7 +67,7 @@ def main(argv=None) -> None:
 def evaluate_splits(model, args, ctx: distributed.Dist, autocast) -> dict:
     """Loss, perplexity and sample count of every --splits split of --data."""
     manifest = shards.read_manifest(args.data)
-    check_data_matches_model(manifest, model.cfg)
+    manifest.check_vocabulary(model.cfg.vocab_size)
     context = args.context_length or model.cfg.context_length
     if context > model.cfg.context_length:
         raise UserError(f"--context-length {context} exceeds the model's {model.cfg.context_length}")

@@ -9,20 +9,21 @@ Temperature scaling and top-k filtering as in the book; greedy with --temperatur
 
 import torch
 
-from . import loading
 from .arguments import ArgumentParser, non_empty_text, non_negative_float, non_negative_int, positive_int
+from .checkpoint import pretrained
 from .distributed import pick_device
 from .errors import cli
-from .sampling import complete
+from .model.sampling import complete
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog="gptdist.generate", description=__doc__.split("\n\n")[0])
-    loading.add_model_arguments(parser)
+    pretrained.add_model_arguments(parser)
     parser.add_argument("--prompt", type=non_empty_text, default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=positive_int, default=50)
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0: greedy")
-    parser.add_argument("--top-k", type=non_negative_int, default=50, help="sample among the k likeliest tokens (0: all)")
+    parser.add_argument("--top-k", type=non_negative_int, default=50, help="sample among the k likeliest "
+                                                                           "tokens (0: all)")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser.parse_args(argv)
@@ -32,7 +33,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device, 0, "--device")
-    model = loading.model_from_arguments(args, device)
+    model = pretrained.model_from_arguments(args, device)
     with torch.inference_mode():
         print(complete(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None,
                        args.seed, device))

@@ -38,10 +38,12 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 
 def bpe_files() -> dict[str, bytes]:
-    """GPT-2's BPE files under Hugging Face's names, from tiktoken's cache (checked by sha256) or a download."""
+    """GPT-2's BPE files under Hugging Face's names, from tiktoken's cache (checked by sha256) or a
+    download."""
     from tiktoken.load import read_file_cached
 
-    return _tiktoken_files(lambda: {name: read_file_cached(url, sha256) for name, (url, sha256) in BPE_FILES.items()})
+    return _tiktoken_files(lambda: {name: read_file_cached(url, sha256)
+                                    for name, (url, sha256) in BPE_FILES.items()})
 
 
 def encode(text: str) -> list[int]:

@@ -1,7 +1,8 @@
-"""python -m gptdist.train / torchrun -m gptdist.train: pretrain a GPT-2 model on prepared shards.
+r"""python -m gptdist.train / torchrun -m gptdist.train: pretrain a GPT-2 model on prepared shards.
 
     python -m gptdist.train --config configs/verdict-tiny.yaml
-    torchrun --nproc_per_node=4 -m gptdist.train --config configs/gutenberg-gpt2-124m.yaml train.max_steps=5000
+    torchrun --nproc_per_node=4 -m gptdist.train --config configs/gutenberg-gpt2-124m.yaml \
+        train.max_steps=5000
 
 Overrides are `section.key=value` (YAML values). A run whose out_dir has checkpoints
 resumes from the newest loadable one; a run owns its out_dir while it trains (a second run
@@ -12,10 +13,11 @@ next step boundary and exits with status 0; the same command then resumes it.
 import json
 import os
 
-from . import config, distributed, runlock
+from . import config, distributed
 from .arguments import ArgumentParser
 from .errors import cli
-from .trainer import Trainer
+from .training import runlock
+from .training.trainer import Trainer
 
 
 def parse_args(argv=None):
@@ -56,7 +58,8 @@ def main(argv=None) -> None:
                 # can abort the other at exit (seen after elastic restarts). Not on the error path,
                 # where the other ranks may be waiting in another collective.
                 distributed.barrier()
-                report_outcome("finished" if outcome == "done" else f"stopped by {outcome}", trainer.progress.step)
+                report_outcome("finished" if outcome == "done" else f"stopped by {outcome}",
+                               trainer.progress.step)
             finally:
                 trainer.close()
     finally:

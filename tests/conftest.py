@@ -1,6 +1,9 @@
 """Shared fixtures: the offline tokenizer files, The Verdict in the download cache, prepared shards,
 and a helper that runs gptdist's commands as real subprocesses (torchrun included)."""
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import shutil
@@ -10,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
@@ -25,6 +29,10 @@ def _setup_tiktoken_cache() -> None:
 
 
 _setup_tiktoken_cache()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One core per test process (pyproject's --numprocesses): the runs made in this process then do not
+    # spin on a core that the other test process's runs are using.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +55,33 @@ def _isolated_cache(monkeypatch, tmp_path_factory, request):
     monkeypatch.setenv("GPTDIST_CACHE", str(cache))
 
 
-def run_module(module: str, *args, env: dict | None = None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+def run_module(module: str, *args, env: dict | None = None, cwd=None,
+               timeout=600) -> subprocess.CompletedProcess:
     """`python -m module args...` as a subprocess, output captured."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+def run_main(module: str, *args) -> subprocess.CompletedProcess:
+    """`python -m module args...` in this process: the command's own main(argv), its output captured and
+    its exit status as the process would have it (a bug raises here instead of printing a traceback).
+
+    Without a process of its own to start, a command costs what it does, not the seconds of importing
+    torch again: for every test that needs no torchrun, no signal, no kill and no environment of its own.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}  # training's own
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            importlib.import_module(module).main([str(arg) for arg in args])
+        status = 0
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess([module, *args], status, out.getvalue(), err.getvalue())
 
 
 def torchrun_command(nproc: int, *args) -> list[str]:
@@ -59,14 +89,33 @@ def torchrun_command(nproc: int, *args) -> list[str]:
             "-m", "gptdist.train", *map(str, args)]
 
 
+def made_once(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """The folder `name` that `make(folder)` fills: made once per session, by the first of the session's
+    test processes (pytest-xdist's workers) to ask for it, and read by all of them."""
+    if worker_id == "master":  # one test process
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name  # the session's folder, above every worker's
+    with filelock.FileLock(f"{folder}.lock"):
+        if not (folder / ".made").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed to make it left a part
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def verdict_data(tmp_path_factory, download_cache) -> Path:
+def verdict_data(tmp_path_factory, worker_id, download_cache) -> Path:
     """The Verdict prepared into shards (once per session)."""
-    out = tmp_path_factory.mktemp("data") / "verdict"
-    result = run_module("gptdist.prepare", "--dataset", "verdict", "--out", out,
-                        env={"GPTDIST_CACHE": str(download_cache)})
-    assert result.returncode == 0, result.stderr
-    return out
+
+    def prepare(folder: Path) -> None:
+        result = run_module("gptdist.prepare", "--dataset", "verdict", "--out", folder / "verdict",
+                            env={"GPTDIST_CACHE": str(download_cache)})
+        assert result.returncode == 0, result.stderr
+
+    return made_once(tmp_path_factory, worker_id, "data", prepare) / "verdict"
 
 
 TINY = ["model.emb_dim=32", "model.n_heads=2", "model.n_layers=1", "model.context_length=32",
@@ -79,6 +128,29 @@ def train_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
             f"run.out_dir={out_dir}", *TINY, *overrides]
 
 
+# A two-process run with dropout and checkpoints: run once, uninterrupted, it gives the weights that
+# every interrupted run of the same arguments (a killed job, a restarted worker, two agents) must end
+# on, bit for bit.
+UNINTERRUPTED = ("train.max_steps=24", "checkpoint.interval=4", "checkpoint.keep=10", "eval.interval=12",
+                 "model.drop_rate=0.1", "model.emb_dim=64", "model.context_length=64")
+# torchrun sets OMP_NUM_THREADS=1 only when it starts several local processes; the thread count
+# changes CPU matmul rounding, so every process of a comparison gets it explicitly.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, worker_id, verdict_data) -> dict:
+    """The final weights of UNINTERRUPTED on two processes (torchrun --standalone)."""
+
+    def train(folder: Path) -> None:
+        command = torchrun_command(2, *train_args(verdict_data, folder / "run", *UNINTERRUPTED))
+        result = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD, cwd=REPO,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return newest_model(made_once(tmp_path_factory, worker_id, "uninterrupted", train) / "run")
+
+
 def metrics_rows(out_dir: Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -89,9 +161,9 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 def newest_model(out_dir: Path) -> dict:
-    from gptdist import checkpoint
+    from gptdist.checkpoint import store
 
-    return checkpoint.read(checkpoint.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
+    return store.read(store.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
 
 
 def kill_a_worker_once_saved(agent: subprocess.Popen, checkpoint: Path) -> str:
@@ -124,7 +196,8 @@ def child_pids(pid: int) -> list[int]:
 
 
 def make_unwritable(folder: Path) -> list[str]:
-    """Make `folder` unwritable even for root (immutable) where possible; returns the command that undoes it."""
+    """Make `folder` unwritable even for root (immutable) where possible; returns the command that
+    undoes it."""
     if os.geteuid() == 0:
         locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
         if locked.returncode != 0:
@@ -162,9 +235,10 @@ HELLASWAG_ITEMS = [  # made-up items in HellaSwag's official JSONL format (ctx, 
                                         "drinks a glass of water.", "rides a bike down the road."], 0),
     ("The painter looks at the canvas. She", ["picks up a brush and paints.", "swims across a lake.",
                                               "eats a sandwich.", "reads the newspaper."], 0),
-    ("Every effort moves you closer to the goal, said Gisburn, looking at the picture that had been his wife's "
-     "favourite for many years before the last summer at the villa on the Riviera. Then he",
-     ["laughed.", "turned away from the picture and sighed for a long while.", "sat down.", "left the room."], 3),
+    ("Every effort moves you closer to the goal, said Gisburn, looking at the picture that had been his "
+     "wife's favourite for many years before the last summer at the villa on the Riviera. Then he",
+     ["laughed.", "turned away from the picture and sighed for a long while.", "sat down.",
+      "left the room."], 3),
     ("A woman is kneading dough on a table. She", ["cuts the dough.", "flies away.", "sings.", "sleeps."], 0),
     ("Two boys play football in the park. One of them", ["kicks the ball into the goal.", "bakes bread.",
                                                          "writes a letter.", "paints the fence."], 0),
@@ -192,12 +266,13 @@ def write_hellaswag(path: Path, items=HELLASWAG_ITEMS) -> Path:
 
 
 def random_hf_gpt2(folder: Path, tie=True, vocab_size=50257, n_positions=64, std=0.1, seed=0):
-    """A transformers GPT2LMHeadModel with every tensor random (biases and norms too), saved by save_pretrained."""
+    """A transformers GPT2LMHeadModel with every tensor random (biases and norms too), saved by
+    save_pretrained."""
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
-                                  tie_word_embeddings=tie)
+    cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2,
+                                  n_head=4, tie_word_embeddings=tie)
     model = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for param in model.parameters():

@@ -74,6 +74,7 @@ def reference_logits(params: dict[str, np.ndarray], tokens: np.ndarray, hparams=
         merged = (weights @ v).transpose(1, 0, 2).reshape(t, d)
         x = x + merged @ p[h + "attn/c_proj/w"][0] + p[h + "attn/c_proj/b"]
         m = _layer_norm(x, p[h + "ln_2/g"], p[h + "ln_2/b"])
-        x = x + _gelu(m @ p[h + "mlp/c_fc/w"][0] + p[h + "mlp/c_fc/b"]) @ p[h + "mlp/c_proj/w"][0] + p[h + "mlp/c_proj/b"]
+        hidden = _gelu(m @ p[h + "mlp/c_fc/w"][0] + p[h + "mlp/c_fc/b"])
+        x = x + hidden @ p[h + "mlp/c_proj/w"][0] + p[h + "mlp/c_proj/b"]
     x = _layer_norm(x, p["model/ln_f/g"], p["model/ln_f/b"])
     return x @ p["model/wte"].T

@@ -3,11 +3,13 @@ import subprocess
 
 import pytest
 import torch
-from conftest import TINY, make_unwritable, run_module
+from conftest import REPO, TINY, make_unwritable, run_main
 
-from gptdist import checkpoint, distributed
+from gptdist import distributed
+from gptdist.checkpoint import store
+from gptdist.checkpoint.checkpointer import Checkpointer
+from gptdist.checkpoint.snapshot import HostSnapshot
 from gptdist.errors import UserError
-from gptdist.snapshot import HostSnapshot
 
 SOLO = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -24,7 +26,7 @@ class Box:
 
 
 def save_steps(folder, steps, keep=10, background=True):
-    saver = checkpoint.Checkpointer(folder, keep, SOLO, background)
+    saver = Checkpointer(folder, keep, SOLO, background)
     for step in steps:
         saver.save(step, {"box": Box(torch.full((3,), float(step)))}, {"model": {}}, {"step": step})
     saver.close()  # the last write completes
@@ -34,10 +36,10 @@ def save_steps(folder, steps, keep=10, background=True):
 @pytest.mark.parametrize("background", [True, False], ids=["async", "blocking"])
 def test_saves_are_weights_only_loadable_and_pruned(tmp_path, background):
     save_steps(tmp_path, [1, 2, 3, 4], keep=2, background=background)
-    paths = checkpoint.checkpoint_paths(tmp_path)
+    paths = store.checkpoint_paths(tmp_path)
     assert [p.name for p in paths] == ["step_00000003.pt", "step_00000004.pt"]
     raw = torch.load(paths[-1], weights_only=True)
-    assert raw["format"] == checkpoint.FORMAT and "checksum" in raw
+    assert raw["format"] == store.FORMAT and "checksum" in raw
     assert torch.equal(raw["box"]["value"], torch.full((3,), 4.0))
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -47,7 +49,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     newest = tmp_path / "step_00000002.pt"
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated
     reports = []
-    payload = checkpoint.newest_good(tmp_path, report=reports.append)
+    payload = store.newest_good(tmp_path, report=reports.append)
     assert payload["path"].endswith("step_00000001.pt")
     assert "step_00000002.pt cannot be loaded" in reports[0]
 
@@ -59,27 +61,27 @@ def test_altered_content_fails_the_checksum(tmp_path):
     payload["box"]["value"][0] = 99.0
     torch.save(payload, path)
     with pytest.raises(UserError, match="fails its checksum"):
-        checkpoint.read(path)
+        store.read(path)
 
 
 def test_pickled_classes_are_never_loaded(tmp_path):
     path = tmp_path / "step_00000001.pt"
-    torch.save({"format": checkpoint.FORMAT, "evil": Box(1)}, path)
+    torch.save({"format": store.FORMAT, "evil": Box(1)}, path)
     with pytest.raises(UserError, match="cannot be loaded"):
-        checkpoint.read(path)
+        store.read(path)
 
 
 def test_a_background_save_writes_the_state_of_its_step_not_a_later_one(tmp_path):
     box = Box(torch.zeros(1000))
-    saver = checkpoint.Checkpointer(tmp_path, 3, SOLO)
+    saver = Checkpointer(tmp_path, 3, SOLO)
     assert saver.save(1, {"box": box}, {"model": {}}, {"step": 1}) is None  # returns before the write
     box.value += 1  # the next step changes the state in place while the write goes on
     saved = saver.wait()
     assert saved.step == 1 and saved.bytes == (tmp_path / "step_00000001.pt").stat().st_size
-    assert torch.equal(checkpoint.read(saved.path)["box"]["value"], torch.zeros(1000))
+    assert torch.equal(store.read(saved.path)["box"]["value"], torch.zeros(1000))
     saver.save(2, {"box": box}, {"model": {}}, {"step": 2})
     saver.close()
-    assert torch.equal(checkpoint.read(tmp_path / "step_00000002.pt")["box"]["value"], torch.ones(1000))
+    assert torch.equal(store.read(tmp_path / "step_00000002.pt")["box"]["value"], torch.ones(1000))
 
 
 def test_the_snapshot_reuses_its_buffers_and_copies_a_tied_weight_once():
@@ -96,7 +98,7 @@ def test_the_snapshot_reuses_its_buffers_and_copies_a_tied_weight_once():
 
 def test_a_failed_background_write_is_one_line_and_keeps_the_older_checkpoints(tmp_path):
     save_steps(tmp_path, [1])
-    saver = checkpoint.Checkpointer(tmp_path, 1, SOLO)
+    saver = Checkpointer(tmp_path, 1, SOLO)
     undo = make_unwritable(tmp_path)
     try:
         saver.save(2, {"box": Box(torch.ones(3))}, {"model": {}}, {"step": 2})
@@ -106,19 +108,19 @@ def test_a_failed_background_write_is_one_line_and_keeps_the_older_checkpoints(t
     finally:
         subprocess.run(undo, check=True)
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
-    checkpoint.read(tmp_path / "step_00000001.pt")
+    store.read(tmp_path / "step_00000001.pt")
 
 
 def test_a_half_written_file_of_a_killed_run_is_removed(tmp_path):
     save_steps(tmp_path, [1])
     (tmp_path / ".step_00000002.pt.tmp").write_bytes(b"half")
-    checkpoint.Checkpointer(tmp_path, 3, SOLO).close()
+    Checkpointer(tmp_path, 3, SOLO).close()
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
 
 
 def test_bench_checkpoint_reports_what_a_blocking_and_a_background_save_cost(verdict_data):
-    result = run_module("gptdist.bench", "checkpoint", "--config", "configs/verdict-tiny.yaml", "--rounds", "2",
-                        f"data.dir={verdict_data}", *TINY)
+    result = run_main("gptdist.bench", "checkpoint", "--config", REPO / "configs" / "verdict-tiny.yaml",
+                      "--rounds", "2", f"data.dir={verdict_data}", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 < row["stall_s"] < row["blocking_s"] and row["write_s"] > 0

@@ -8,8 +8,10 @@ def test_contract_keys_exist():
     cfg = config.Config().to_dict()
     contract = {
         "run": ["out_dir", "seed"], "data": ["dir"],
-        "model": ["preset", "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias"],
-        "train": ["micro_batch_size", "grad_accum_steps", "max_steps", "epochs", "precision", "grad_clip", "compile"],
+        "model": ["preset", "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate",
+                  "qkv_bias"],
+        "train": ["micro_batch_size", "grad_accum_steps", "max_steps", "epochs", "precision", "grad_clip",
+                  "compile"],
         "optim": ["lr", "weight_decay", "betas"], "schedule": ["warmup_steps", "initial_lr", "min_lr"],
         "eval": ["interval", "batches"], "checkpoint": ["interval", "keep", "resume"],
         "logging": ["interval", "wandb"], "sample": ["prompt", "max_new_tokens", "temperature", "top_k"],
@@ -57,5 +59,6 @@ def test_a_key_that_is_a_python_keyword_reads_and_writes_by_its_own_name(tmp_pat
     assert cfg.to_dict()["checkpoint"]["async"] is False
     config.save(cfg, tmp_path / "config.yaml")  # a run's saved config loads back as it was
     assert config.load(str(tmp_path / "config.yaml"), []).checkpoint.async_ is False
-    with pytest.raises(UserError, match=r"unknown config key checkpoint.async_; valid keys of checkpoint: .*\basync\b"):
+    with pytest.raises(UserError, match=r"unknown config key checkpoint.async_; valid keys of checkpoint: "
+                                        r".*\basync\b"):
         config.load(None, ["checkpoint.async_=true"])

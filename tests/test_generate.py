@@ -1,8 +1,8 @@
 import pytest
 import torch
-from conftest import run_module, train_args
+from conftest import run_main, train_args
 
-from gptdist.sampling import generate
+from gptdist.model.sampling import generate
 from gptdist.tokenizer import EOT_TOKEN
 
 
@@ -40,16 +40,16 @@ def test_top_k_keeps_only_the_k_likeliest():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, verdict_data):
     out = tmp_path_factory.mktemp("gen") / "run"
-    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=20"))
+    result = run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=20"))
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
 
 def test_same_seed_same_text(trained_run):
     args = ["--checkpoint", trained_run, "--max-new-tokens", "15", "--temperature", "1.5", "--top-k", "0"]
-    first = run_module("gptdist.generate", *args, "--seed", "1")
-    again = run_module("gptdist.generate", *args, "--seed", "1")
-    other = run_module("gptdist.generate", *args, "--seed", "2")
+    first = run_main("gptdist.generate", *args, "--seed", "1")
+    again = run_main("gptdist.generate", *args, "--seed", "1")
+    other = run_main("gptdist.generate", *args, "--seed", "2")
     assert first.returncode == 0, first.stderr
     assert first.stdout == again.stdout != other.stdout
     assert first.stdout.startswith("Every effort moves you")
@@ -57,15 +57,16 @@ def test_same_seed_same_text(trained_run):
 
 def test_checkpoint_file_and_run_folder_give_the_same_greedy_text(trained_run):
     newest = sorted((trained_run / "checkpoints").iterdir())[-1]
-    by_folder = run_module("gptdist.generate", "--checkpoint", trained_run, "--temperature", "0")
-    by_file = run_module("gptdist.generate", "--checkpoint", newest, "--temperature", "0")
+    by_folder = run_main("gptdist.generate", "--checkpoint", trained_run, "--temperature", "0")
+    by_file = run_main("gptdist.generate", "--checkpoint", newest, "--temperature", "0")
     assert by_folder.returncode == 0 and by_folder.stdout == by_file.stdout
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
-    result = run_module("gptdist.generate", "--checkpoint", tmp_path / "nowhere")
+    result = run_main("gptdist.generate", "--checkpoint", tmp_path / "nowhere")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"gptdist.generate: error: checkpoint {tmp_path / 'nowhere'} does not exist"
+    nowhere = tmp_path / "nowhere"
+    assert result.stderr.strip() == f"gptdist.generate: error: checkpoint {nowhere} does not exist"
     (tmp_path / "empty").mkdir()
-    result = run_module("gptdist.generate", "--checkpoint", tmp_path / "empty")
+    result = run_main("gptdist.generate", "--checkpoint", tmp_path / "empty")
     assert result.returncode == 2 and "holds no checkpoints" in result.stderr

@@ -3,19 +3,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import metrics_rows, run_module, train_args
+from conftest import metrics_rows, run_main, train_args
 from openai_layout import HPARAMS, random_params, reference_logits, write_tf_checkpoint
 
-from gptdist import checkpoint, gpt2, loading
+from gptdist.checkpoint import pretrained, store
 from gptdist.errors import UserError
-from gptdist.model import GPTModel
+from gptdist.model import gpt2
+from gptdist.model.gpt import GPTModel
 
 pytest.importorskip("tensorflow")
 
 
 def load_openai(folder):
-    cfg, state = loading.from_gpt2(folder)
-    return loading.load_weights(GPTModel(cfg), state, str(folder)).eval()
+    cfg, state = pretrained.from_gpt2(folder)
+    return pretrained.load_weights(GPTModel(cfg), state, str(folder)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def test_shape_mismatch_is_reported(tmp_path):
     params = random_params()
     params["model/h1/mlp/c_fc/b"] = params["model/h1/mlp/c_fc/b"][:10]
     folder = write_tf_checkpoint(tmp_path / "bad", params)
-    with pytest.raises(UserError, match=r"weight trf_blocks.1.ff.layers.0.bias has shape \(10,\), the model's \(128,\)"):
+    with pytest.raises(UserError, match=r"weight trf_blocks.1.ff.fc.bias has shape \(10,\), the model's "
+                                        r"\(128,\)"):
         load_openai(folder)
 
 
@@ -63,7 +65,7 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
 def test_training_continues_from_openai_weights(tmp_path, openai_dir, verdict_data):
     folder, _ = openai_dir
     out = tmp_path / "run"
-    result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={folder}",
+    result = run_main("gptdist.train", *train_args(verdict_data, out, f"model.init_from={folder}",
                                                       "model.context_length=32", "train.max_steps=4"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "initialised from the weights of" in result.stdout
@@ -71,15 +73,17 @@ def test_training_continues_from_openai_weights(tmp_path, openai_dir, verdict_da
     assert start["config"]["model"]["emb_dim"] == HPARAMS["n_embd"] and start["config"]["model"]["qkv_bias"]
     evals = [row["step"] for row in metrics_rows(out) if "val_loss" in row]
     reference = load_openai(folder)
-    saved = checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])["model"]
-    moved = (saved["trf_blocks.0.att.qkv.weight"] - reference.state_dict()["trf_blocks.0.att.qkv.weight"]).abs()
+    saved = store.read(store.checkpoint_paths(out / "checkpoints")[-1])["model"]
+    qkv = "trf_blocks.0.att.qkv.weight"
+    moved = (saved[qkv] - reference.state_dict()[qkv]).abs()
     assert 0 < moved.max() < 0.1  # trained a little from the loaded weights, not from scratch
     assert evals == [0, 4]  # the loaded weights' loss first (eval.at_start), then the end's
 
 
 def test_evaluate_and_generate_from_openai_dir(tmp_path, openai_dir, verdict_data):
     folder, params = openai_dir
-    result = run_module("gptdist.evaluate", "--gpt2-dir", folder, "--data", verdict_data, "--context-length", "32")
+    result = run_main("gptdist.evaluate", "--gpt2-dir", folder, "--data", verdict_data,
+                      "--context-length", "32")
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     val = np.fromfile(verdict_data / "val-00000.bin", dtype="<u2").astype(np.int64)
@@ -92,14 +96,14 @@ def test_evaluate_and_generate_from_openai_dir(tmp_path, openai_dir, verdict_dat
         losses.append(-logp[np.arange(32), w[1:]].mean())
     assert scores["val"]["loss"] == pytest.approx(np.mean(losses), abs=1e-3)
     assert scores["val"]["samples"] == len(windows)
-    greedy = run_module("gptdist.generate", "--gpt2-dir", folder, "--temperature", "0", "--max-new-tokens", "5")
+    greedy = run_main("gptdist.generate", "--gpt2-dir", folder, "--temperature", "0", "--max-new-tokens", "5")
     assert greedy.returncode == 0 and greedy.stdout.startswith("Every effort moves you")
 
 
 def test_openai_weights_export_to_hugging_face_with_the_reference_logits(tmp_path, openai_dir, monkeypatch):
     transformers = pytest.importorskip("transformers")
     folder, params = openai_dir
-    result = run_module("gptdist.export", "--gpt2-dir", folder, "--out", tmp_path / "hf")
+    result = run_main("gptdist.export", "--gpt2-dir", folder, "--out", tmp_path / "hf")
     assert result.returncode == 0, result.stderr[-2000:]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, metrics_rows, random_hf_gpt2, run_module, train_args, write_hellaswag
+from conftest import REPO, metrics_rows, random_hf_gpt2, run_main, train_args, write_hellaswag
 
-from gptdist import hellaswag, tokenizer
+from gptdist import tokenizer
 from gptdist.errors import UserError
+from gptdist.evaluation import hellaswag
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,7 +31,8 @@ def reference_scores(model, path, context_length) -> dict:
             means.append(picked.mean().item())
         correct += max(range(4), key=sums.__getitem__) == row["label"]
         correct_norm += max(range(4), key=means.__getitem__) == row["label"]
-    return {"task": "hellaswag", "items": len(rows), "acc": correct / len(rows), "acc_norm": correct_norm / len(rows)}
+    return {"task": "hellaswag", "items": len(rows), "acc": correct / len(rows),
+            "acc_norm": correct_norm / len(rows)}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,13 @@ def hf_model(tmp_path_factory):
 
 
 def evaluate_hellaswag(*args, nproc=1):
-    command = [sys.executable, "-m", "gptdist.evaluate", "--task", "hellaswag", *map(str, args)]
-    if nproc > 1:
-        command[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "gptdist.evaluate"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    """gptdist.evaluate --task hellaswag: in this process, or on `nproc` processes under torchrun."""
+    if nproc == 1:
+        result = run_main("gptdist.evaluate", "--task", "hellaswag", *args)
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "gptdist.evaluate", "--task", "hellaswag", *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (line,) = result.stdout.splitlines()  # the result is one JSON line
     return json.loads(line)
@@ -64,7 +69,8 @@ def test_ranks_split_the_items_and_sum_them_exactly(tmp_path, hf_model):
     folder, _ = hf_model
     data = write_hellaswag(tmp_path / "hellaswag.jsonl")
     alone = evaluate_hellaswag("--gpt2-dir", folder, "--hellaswag-file", data, "--batch-size", "4")
-    assert evaluate_hellaswag("--gpt2-dir", folder, "--hellaswag-file", data, "--batch-size", "4", nproc=2) == alone
+    assert evaluate_hellaswag("--gpt2-dir", folder, "--hellaswag-file", data, "--batch-size", "4",
+                              nproc=2) == alone
     assert evaluate_hellaswag("--gpt2-dir", folder, "--hellaswag-file", data, "--limit", "5")["items"] == 5
 
 
@@ -73,7 +79,8 @@ def test_a_malformed_file_is_one_line_naming_the_line(tmp_path, hf_model):
     lines = data.read_text().splitlines()
     lines[2] = json.dumps({**json.loads(lines[2]), "endings": ["only", "three", "endings"]})
     data.write_text("\n".join(lines) + "\n")
-    result = run_module("gptdist.evaluate", "--task", "hellaswag", "--gpt2-dir", hf_model[0], "--hellaswag-file", data)
+    result = run_main("gptdist.evaluate", "--task", "hellaswag", "--gpt2-dir", hf_model[0],
+                      "--hellaswag-file", data)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert f"{data}:3 is not a HellaSwag item" in result.stderr
 
@@ -81,13 +88,14 @@ def test_a_malformed_file_is_one_line_naming_the_line(tmp_path, hf_model):
 def test_a_model_without_gpt2s_vocabulary_is_refused(tmp_path):
     random_hf_gpt2(tmp_path / "small", vocab_size=1000)
     data = write_hellaswag(tmp_path / "hellaswag.jsonl")
-    result = run_module("gptdist.evaluate", "--task", "hellaswag", "--gpt2-dir", tmp_path / "small",
+    result = run_main("gptdist.evaluate", "--task", "hellaswag", "--gpt2-dir", tmp_path / "small",
                         "--hellaswag-file", data)
     assert result.returncode == 2 and "beyond the model's vocabulary of 1000 tokens" in result.stderr
 
 
 def test_the_official_set_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(hellaswag, "VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens on port 9
+    # nothing listens on port 9
+    monkeypatch.setattr(hellaswag, "VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
     with pytest.raises(UserError, match=r"cannot download hellaswag_val.jsonl .*place the file at"):
         hellaswag.official_val()
 

@@ -1,4 +1,5 @@
-"""Hugging Face GPT-2 folders: imported with equal logits, exported so that transformers computes gptdist's logits."""
+"""Hugging Face GPT-2 folders: imported with equal logits, exported so that transformers computes
+gptdist's logits."""
 
 import json
 import os
@@ -7,11 +8,13 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, VERDICT, newest_model, random_hf_gpt2, run_module, train_args
+from conftest import REPO, VERDICT, newest_model, random_hf_gpt2, run_main, run_module, train_args
 
-from gptdist import export, hf, loading, sampling, tokenizer
+from gptdist import export, tokenizer
+from gptdist.checkpoint import pretrained
 from gptdist.errors import UserError
-from gptdist.model import GPTModel
+from gptdist.model import hf, sampling
+from gptdist.model.gpt import GPTModel
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402  (after the skip: an optional extra)
@@ -20,8 +23,8 @@ TOKENS = torch.tensor([[464, 3290, 318, 257, 1332, 286, 11, 50256, 17, 9, 1000, 
 
 
 def gptdist_model(folder):
-    cfg, state = loading.from_gpt2(folder)
-    return loading.load_weights(GPTModel(cfg), state, str(folder)).eval()
+    cfg, state = pretrained.from_gpt2(folder)
+    return pretrained.load_weights(GPTModel(cfg), state, str(folder)).eval()
 
 
 def assert_same_logits(ours, theirs, tokens=TOKENS):
@@ -42,7 +45,8 @@ def test_a_hugging_face_folder_loads_with_equal_logits(tmp_path, tie):
 
 
 def test_the_hubs_gpt2_layout_loads(tmp_path):
-    """`huggingface-cli download gpt2` gives tensors without the "transformer." prefix, and the mask buffers."""
+    """`huggingface-cli download gpt2` gives tensors without the "transformer." prefix, and the mask
+    buffers."""
     theirs = random_hf_gpt2(tmp_path / "hf")
     tensors = load_file(tmp_path / "hf" / hf.WEIGHTS)
     hub = {name.removeprefix("transformer."): tensor for name, tensor in tensors.items()}
@@ -56,7 +60,8 @@ def test_the_hubs_gpt2_layout_loads(tmp_path):
 def test_a_sharded_hugging_face_folder_loads(tmp_path):
     theirs = random_hf_gpt2(tmp_path / "hf", tie=False)
     theirs.save_pretrained(tmp_path / "sharded", max_shard_size="2MB")
-    assert (tmp_path / "sharded" / hf.WEIGHTS_INDEX).is_file() and len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    assert (tmp_path / "sharded" / hf.WEIGHTS_INDEX).is_file()
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
     assert_same_logits(gptdist_model(tmp_path / "sharded"), theirs)
 
 
@@ -72,18 +77,21 @@ def test_what_gptdist_cannot_compute_is_refused_in_one_line(tmp_path, change, me
     path = tmp_path / "hf" / hf.CONFIG
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     with pytest.raises(UserError, match=message):
-        loading.from_gpt2(tmp_path / "hf")
+        pretrained.from_gpt2(tmp_path / "hf")
 
 
 def test_generate_and_evaluate_read_a_hugging_face_folder(tmp_path, verdict_data):
     theirs = random_hf_gpt2(tmp_path / "hf")
-    result = run_module("gptdist.generate", "--gpt2-dir", tmp_path / "hf", "--temperature", "0",
+    result = run_main("gptdist.generate", "--gpt2-dir", tmp_path / "hf", "--temperature", "0",
                         "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr[-2000:]
     prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
-    expected = theirs.generate(prompt, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(prompt))
-    assert result.stdout.rstrip("\n") == tokenizer.decode(t for t in expected[0].tolist() if t != tokenizer.EOT_TOKEN)
-    scores = run_module("gptdist.evaluate", "--gpt2-dir", tmp_path / "hf", "--data", verdict_data, "--splits", "val")
+    expected = theirs.generate(prompt, max_new_tokens=8, do_sample=False,
+                               attention_mask=torch.ones_like(prompt))
+    text = tokenizer.decode(t for t in expected[0].tolist() if t != tokenizer.EOT_TOKEN)
+    assert result.stdout.rstrip("\n") == text
+    scores = run_main("gptdist.evaluate", "--gpt2-dir", tmp_path / "hf", "--data", verdict_data, "--splits",
+                      "val")
     assert scores.returncode == 0, scores.stderr[-2000:]
     assert json.loads(scores.stdout.splitlines()[-1])["val"]["loss"] > 0
 
@@ -92,13 +100,13 @@ def test_training_starts_from_a_hugging_face_folder(tmp_path, verdict_data):
     random_hf_gpt2(tmp_path / "hf")
     out = tmp_path / "run"
     tiny_steps = ("optim.lr=1e-12", "schedule.initial_lr=1e-12", "schedule.min_lr=1e-12", "train.max_steps=1")
-    result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={tmp_path / 'hf'}",
+    result = run_main("gptdist.train", *train_args(verdict_data, out, f"model.init_from={tmp_path / 'hf'}",
                                                       "model.drop_rate=0", *tiny_steps))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "initialised from the weights of" in result.stdout
-    _, state = loading.from_gpt2(tmp_path / "hf")
+    _, state = pretrained.from_gpt2(tmp_path / "hf")
     saved = newest_model(out)
-    for name in ("trf_blocks.1.att.qkv.weight", "trf_blocks.0.ff.layers.2.bias", "pos_emb.weight"):
+    for name in ("trf_blocks.1.att.qkv.weight", "trf_blocks.0.ff.proj.bias", "pos_emb.weight"):
         torch.testing.assert_close(saved[name], state[name][: saved[name].shape[0]], atol=1e-6, rtol=0)
     assert saved["pos_emb.weight"].shape[0] == 32  # the run's shorter context keeps the first positions
 
@@ -119,7 +127,8 @@ def trained(tmp_path_factory, verdict_data):
     runs = {}
     for name, overrides in VARIANTS.items():
         out = tmp_path_factory.mktemp("export") / name
-        result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "eval.at_start=false",
+        result = run_main("gptdist.train",
+                          *train_args(verdict_data, out, "train.max_steps=3", "eval.at_start=false",
                                                           *overrides))
         assert result.returncode == 0, result.stderr[-2000:]
         runs[name] = out
@@ -127,20 +136,22 @@ def trained(tmp_path_factory, verdict_data):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_an_export_loads_in_transformers_with_equal_logits_and_greedy_text(tmp_path, trained, variant, monkeypatch):
+def test_an_export_loads_in_transformers_with_equal_logits_and_greedy_text(tmp_path, trained, variant,
+                                                                           monkeypatch):
     out = tmp_path / "hf"
-    result = run_module("gptdist.export", "--checkpoint", trained[variant], "--out", out)
+    result = run_main("gptdist.export", "--checkpoint", trained[variant], "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "model.safetensors",
                                                      "tokenizer_config.json", "vocab.json"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    cfg, state = loading.from_checkpoint(trained[variant])
-    ours = loading.load_weights(GPTModel(cfg), state, variant).eval()
+    cfg, state = pretrained.from_checkpoint(trained[variant])
+    ours = pretrained.load_weights(GPTModel(cfg), state, variant).eval()
     assert_same_logits(ours, theirs)
     prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
     expected = sampling.generate(ours, prompt, 20, cfg.context_length)
-    greedy = theirs.generate(prompt, max_new_tokens=20, do_sample=False, attention_mask=torch.ones_like(prompt))
+    greedy = theirs.generate(prompt, max_new_tokens=20, do_sample=False,
+                             attention_mask=torch.ones_like(prompt))
     assert greedy[0].tolist()[: expected.shape[1]] == expected[0].tolist()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = VERDICT.read_text()[:2000]
@@ -148,7 +159,7 @@ def test_an_export_loads_in_transformers_with_equal_logits_and_greedy_text(tmp_p
 
 
 def test_export_in_bf16(tmp_path, trained):
-    result = run_module("gptdist.export", "--checkpoint", trained["tied-qkv-bias"], "--out", tmp_path / "hf",
+    result = run_main("gptdist.export", "--checkpoint", trained["tied-qkv-bias"], "--out", tmp_path / "hf",
                         "--dtype", "bf16")
     assert result.returncode == 0, result.stderr[-2000:]
     tensors = load_file(tmp_path / "hf" / hf.WEIGHTS)
@@ -160,10 +171,10 @@ def test_an_existing_folder_is_replaced_only_with_overwrite(tmp_path, trained):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    refused = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", out)
+    refused = run_main("gptdist.export", "--checkpoint", trained["sharded"], "--out", out)
     assert refused.returncode == 2 and "already exists; pass --overwrite to replace it" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and (out / "mine.txt").read_text() == "keep me"
-    replaced = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", out, "--overwrite")
+    replaced = run_main("gptdist.export", "--checkpoint", trained["sharded"], "--out", out, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     assert not (out / "mine.txt").exists() and (out / hf.WEIGHTS).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary or old folder left beside it
@@ -190,15 +201,17 @@ def test_export_without_safetensors_says_what_to_install(tmp_path, trained):
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('no safetensors here')\n")
     env = {"PYTHONPATH": f"{blocker.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", tmp_path / "hf", env=env)
+    result = run_module("gptdist.export", "--checkpoint", trained["sharded"], "--out", tmp_path / "hf",
+                        env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == "gptdist.export: error: Hugging Face folders need safetensors: pip install 'gptdist[hf]'"
+    assert result.stderr.strip() == ("gptdist.export: error: Hugging Face folders need safetensors: "
+                                     "pip install 'gptdist[hf]'")
     assert not (tmp_path / "hf").exists()
 
 
 def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
     random_hf_gpt2(tmp_path / "small", vocab_size=1000)
-    result = run_module("gptdist.export", "--gpt2-dir", tmp_path / "small", "--out", tmp_path / "hf")
+    result = run_main("gptdist.export", "--gpt2-dir", tmp_path / "small", "--out", tmp_path / "hf")
     assert result.returncode == 2
     assert "model.vocab_size 1000 is smaller than the GPT-2 tokenizer's 50257 tokens" in result.stderr
     assert not (tmp_path / "hf").exists()
@@ -207,13 +220,15 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
 def test_training_starts_from_a_gptdist_run(tmp_path, trained, verdict_data):
     out = tmp_path / "continued"
     tiny_steps = ("optim.lr=1e-12", "schedule.initial_lr=1e-12", "schedule.min_lr=1e-12", "train.max_steps=1")
-    result = run_module("gptdist.train", *train_args(verdict_data, out, f"model.init_from={trained['tied-qkv-bias']}",
+    result = run_main("gptdist.train",
+                      *train_args(verdict_data, out, f"model.init_from={trained['tied-qkv-bias']}",
                                                       "model.context_length=16", *tiny_steps))
     assert result.returncode == 0, result.stderr[-2000:]
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["model"]["tie_embeddings"] and start["config"]["model"]["context_length"] == 16
     source, saved = newest_model(trained["tied-qkv-bias"]), newest_model(out)
-    torch.testing.assert_close(saved["trf_blocks.0.att.qkv.bias"], source["trf_blocks.0.att.qkv.bias"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saved["trf_blocks.0.att.qkv.bias"], source["trf_blocks.0.att.qkv.bias"],
+                               atol=1e-6, rtol=0)
     torch.testing.assert_close(saved["pos_emb.weight"], source["pos_emb.weight"][:16], atol=1e-6, rtol=0)
 
 

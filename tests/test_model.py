@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gptdist.config import PRESETS, ModelConfig
-from gptdist.loss import next_token_loss
-from gptdist.model import GPTModel
-from gptdist.optimizer import decay_groups
+from gptdist.model.gpt import GPTModel
+from gptdist.model.loss import next_token_loss
+from gptdist.training.optimizer import decay_groups
 
 
 def test_loss_at_initialisation_is_near_uniform():
@@ -28,7 +28,8 @@ def test_gpt2_small_has_the_books_parameter_count():
 @pytest.mark.parametrize("padding", ["bias", "slice"])
 def test_padded_vocabulary_never_reaches_loss_or_sampling(padding):
     torch.manual_seed(0)
-    cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0, vocab_padding=padding)
+    cfg = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=8, drop_rate=0.0,
+                      vocab_padding=padding)
     model = GPTModel(cfg).eval()
     assert model.tok_emb.weight.shape[0] == model.out_head.weight.shape[0] == 50304
     tokens = torch.randint(0, 50257, (2, 8))
@@ -38,14 +39,16 @@ def test_padded_vocabulary_never_reaches_loss_or_sampling(padding):
         logits = logits[..., :50257]
     assert logits.shape == (2, 8, 50257)
     unpadded = GPTModel(ModelConfig(**{**vars(cfg), "vocab_multiple": 1})).eval()
-    state = {k: (v[:50257] if k in ("tok_emb.weight", "out_head.weight") else v) for k, v in model.state_dict().items()}
+    state = {k: (v[:50257] if k in ("tok_emb.weight", "out_head.weight") else v)
+             for k, v in model.state_dict().items()}
     unpadded.load_state_dict(state)
     assert torch.allclose(unpadded(tokens), logits, atol=1e-6)
     targets = torch.randint(0, 50257, (2, 8))
     loss = next_token_loss(logits, targets)
     assert torch.allclose(loss, next_token_loss(unpadded(tokens), targets), atol=1e-6)
     loss.backward()
-    assert torch.isfinite(model.out_head.weight.grad).all() and model.out_head.weight.grad[50257:].abs().sum() == 0
+    grad = model.out_head.weight.grad
+    assert torch.isfinite(grad).all() and grad[50257:].abs().sum() == 0
 
 
 def test_without_bias_only_the_qkv_projection_may_have_one():
@@ -54,7 +57,8 @@ def test_without_bias_only_the_qkv_projection_may_have_one():
         with_qkv = GPTModel(ModelConfig(**PRESETS["gpt2-small"], bias=False, qkv_bias=True))
         biased = GPTModel(ModelConfig(**PRESETS["gpt2-small"]))
     assert not [name for name, _ in plain.named_parameters() if name.endswith("bias")]
-    assert {name.split(".", 2)[2] for name, _ in with_qkv.named_parameters() if name.endswith("bias")} == {"att.qkv.bias"}
+    biases = {name.split(".", 2)[2] for name, _ in with_qkv.named_parameters() if name.endswith("bias")}
+    assert biases == {"att.qkv.bias"}
     # per block: out_proj, two MLP layers and two LayerNorms lose their biases; and the final LayerNorm
     removed = 12 * (768 + 3072 + 768 + 2 * 768) + 768
     assert biased.num_params() - plain.num_params() == removed

@@ -1,5 +1,6 @@
 """Faults injected for real, and bad input refused: kills, damaged checkpoints, divergence, full disks."""
 
+import hashlib
 import json
 import os
 import random
@@ -20,22 +21,31 @@ from conftest import (
     make_unwritable,
     metrics_rows,
     newest_model,
-    run_module,
+    run_main,
     same_weights,
     torchrun_command,
     train_args,
 )
 
-from gptdist import checkpoint, shards
+from gptdist.checkpoint import store
+from gptdist.data import shards
 from gptdist.tokenizer import encode
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def train(nproc, data, out, *overrides):
-    command = torchrun_command(nproc, *train_args(data, out, *overrides)) if nproc > 1 else \
-        [sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    """A run on `nproc` processes under torchrun; with one, in this process."""
+    if nproc == 1:
+        return run_main("gptdist.train", *train_args(data, out, *overrides))
+    return subprocess.run(torchrun_command(nproc, *train_args(data, out, *overrides)), capture_output=True,
+                          text=True, env=ENV, cwd=REPO, timeout=600)
+
+
+def train_alone(data, out, *overrides):
+    """A run in a process of its own, with one thread: the same arithmetic as a run killed in its process."""
+    return subprocess.run([sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)],
+                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
 # Every background write is held open for this long before its rename: the window is certain.
@@ -45,7 +55,8 @@ FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1
 
 def start(data: Path, out: Path, *overrides: str, env=ENV) -> subprocess.Popen:
     """A training run in the background."""
-    return subprocess.Popen([sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "gptdist.train", *train_args(data, out, *overrides)],
+                            cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -71,22 +82,23 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(
     out = tmp_path / "run"
     folder = out / "checkpoints"
     rng = random.Random(0)
-    args = train_args(verdict_data, out, "train.max_steps=100000", "checkpoint.interval=1", "checkpoint.keep=3",
+    args = train_args(verdict_data, out, "train.max_steps=100000", "checkpoint.interval=1",
+                      "checkpoint.keep=3",
                       "eval.interval=100000", "logging.interval=1")
     for _trial in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        newest_before = checkpoint.checkpoint_paths(folder)[-1] if folder.exists() else None
+        newest_before = store.checkpoint_paths(folder)[-1] if folder.exists() else None
         deadline = time.time() + 120
-        while (checkpoint.checkpoint_paths(folder) or [None])[-1] == newest_before:  # training, saving each step
+        while (store.checkpoint_paths(folder) or [None])[-1] == newest_before:  # training, saving each step
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 1.0))  # somewhere in a step, an eval or a save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        newest = checkpoint.checkpoint_paths(folder)[-1]
-        payload = checkpoint.read(newest)  # the newest checkpoint always loads and verifies
-        assert payload["progress"]["step"] == checkpoint.step_of(newest)
+        newest = store.checkpoint_paths(folder)[-1]
+        payload = store.read(newest)  # the newest checkpoint always loads and verifies
+        assert payload["progress"]["step"] == store.step_of(newest)
     steps = payload["progress"]["step"]
     assert steps >= 8  # every restart resumed and made progress
     final = train(1, verdict_data, out, f"train.max_steps={steps + 1}", "checkpoint.interval=1")
@@ -108,19 +120,22 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, v
 
 @pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_continues_the_data_and_the_weights(tmp_path, verdict_data, before, after):
-    common = ("model.drop_rate=0.0", "checkpoint.interval=4", "eval.interval=1000", "train.micro_batch_size=4")
+def test_resume_on_another_world_size_continues_the_data_and_the_weights(tmp_path, verdict_data, before,
+                                                                         after):
+    common = ("model.drop_rate=0.0", "checkpoint.interval=4", "eval.interval=1000",
+              "train.micro_batch_size=4")
     accum = {1: "train.grad_accum_steps=2", 2: "train.grad_accum_steps=1"}  # global batch 8 either way
     reference = tmp_path / "reference"
-    assert train(before, verdict_data, reference, "train.max_steps=16", accum[before], *common).returncode == 0
+    assert train(before, verdict_data, reference, "train.max_steps=16", accum[before],
+                 *common).returncode == 0
     moved = tmp_path / "moved"
     assert train(before, verdict_data, moved, "train.max_steps=8", accum[before], *common).returncode == 0
     result = train(after, verdict_data, moved, "train.max_steps=16", accum[after], *common)
     assert result.returncode == 0, result.stderr[-2000:]
     resume = [row for row in metrics_rows(moved) if row.get("event") == "resume"]
     assert resume[-1]["step"] == 8 and resume[-1]["world_size"] == after
-    final_moved = checkpoint.read(checkpoint.checkpoint_paths(moved / "checkpoints")[-1])
-    final_reference = checkpoint.read(checkpoint.checkpoint_paths(reference / "checkpoints")[-1])
+    final_moved = store.read(store.checkpoint_paths(moved / "checkpoints")[-1])
+    final_reference = store.read(store.checkpoint_paths(reference / "checkpoints")[-1])
     assert final_moved["sampler"] == final_reference["sampler"]  # the same place in the same order
     assert final_moved["progress"] == final_reference["progress"]
     a, b = final_moved["model"], final_reference["model"]
@@ -132,10 +147,11 @@ def test_diverging_run_stops_clearly_and_never_saves_non_finite_weights(tmp_path
     result = train(1, verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50",
                    "train.max_bad_steps=3", "checkpoint.interval=1", "schedule.warmup_steps=0")
     assert result.returncode == 2
-    assert "training diverged: 3 steps in a row with a non-finite loss or gradient norm (seen at step 4" in result.stderr
+    assert ("training diverged: 3 steps in a row with a non-finite loss or gradient norm (seen at step 4"
+            in result.stderr)
     assert "1 update(s) skipped up to step 4" in result.stdout and "Traceback" not in result.stderr
-    for path in checkpoint.checkpoint_paths(out / "checkpoints"):
-        assert all(torch.isfinite(t).all() for t in checkpoint.read(path)["model"].values())
+    for path in store.checkpoint_paths(out / "checkpoints"):
+        assert all(torch.isfinite(t).all() for t in store.read(path)["model"].values())
 
 
 def tmpfs(path: Path, size: str):
@@ -147,23 +163,25 @@ def tmpfs(path: Path, size: str):
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_picks_it(tmp_path, verdict_data):
+def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_picks_it(tmp_path,
+                                                                                         verdict_data):
     out = tmp_path / "run"
     folder = out / "checkpoints"
-    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3", "model.drop_rate=0.0",
+    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3",
+                 "model.drop_rate=0.0",
                  env=SLOW_WRITES)
     wait_for_file(folder / ".step_00000004.pt.tmp", proc)  # step 2 is on disk (a save waits for the previous)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name for p in checkpoint.checkpoint_paths(folder)] == ["step_00000002.pt"]
-    assert checkpoint.read(folder / "step_00000002.pt")["progress"]["step"] == 2
+    assert [p.name for p in store.checkpoint_paths(folder)] == ["step_00000002.pt"]
+    assert store.read(folder / "step_00000002.pt")["progress"]["step"] == 2
 
-    resumed = train(1, verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0")
+    resumed = train_alone(verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {folder / 'step_00000002.pt'} at step 2" in resumed.stdout
     assert not list(folder.glob(".*.tmp"))  # the half-written file was removed, never loaded
     whole = tmp_path / "whole"
-    assert train(1, verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0").returncode == 0
+    assert train_alone(verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0").returncode == 0
     assert same_weights(newest_model(out), newest_model(whole))
 
 
@@ -177,17 +195,18 @@ def test_sigusr1_during_a_background_write_exits_0_with_both_checkpoints_durable
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     stopped = int(re.search(r"stopped by SIGUSR1 after step (\d+)", stdout).group(1))
-    paths = checkpoint.checkpoint_paths(folder)
-    assert [checkpoint.step_of(p) for p in paths][0] == 2 and checkpoint.step_of(paths[-1]) == stopped
+    paths = store.checkpoint_paths(folder)
+    assert [store.step_of(p) for p in paths][0] == 2 and store.step_of(paths[-1]) == stopped
     for path in paths:
-        checkpoint.read(path)
+        store.read(path)
     events = [r for r in metrics_rows(out) if r.get("event") == "checkpoint"]
-    assert [e["step"] for e in events] == [checkpoint.step_of(p) for p in paths]
+    assert [e["step"] for e in events] == [store.step_of(p) for p in paths]
     assert all(e["write_s"] >= 3 and e["stall_s"] < e["write_s"] and e["bytes"] > 0 for e in events)
 
 
 @pytest.mark.parametrize("when", ["final save", "background write"])
-def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoint(tmp_path, verdict_data, when):
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoint(tmp_path, verdict_data,
+                                                                                   when):
     disk = tmp_path / "disk"
     tmpfs(disk, "100m")
     try:
@@ -200,13 +219,14 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoi
         run = ("train.max_steps=2",) if when == "final save" else (*FOREVER, "checkpoint.interval=2")
         result = train(1, verdict_data, out, *run)
         assert result.returncode == 2, result.stderr[-2000:]
-        assert re.search(r"cannot write checkpoint .*step_00000002.pt: No space left on device; older checkpoints "
-                         r"in .* are intact", result.stderr), result.stderr[-2000:]
+        assert re.search(r"cannot write checkpoint .*step_00000002.pt: No space left on device; older "
+                         r"checkpoints in .* are intact", result.stderr), result.stderr[-2000:]
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
         # a failed background write stops the run at the step boundary after it, not later
         assert max(r["step"] for r in metrics_rows(out) if "loss" in r) <= 4
         assert saved.read_bytes() == before
-        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001.pt"]  # no partial file left
+        # no partial file left
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001.pt"]
     finally:
         subprocess.run(["umount", str(disk)])
 
@@ -221,9 +241,10 @@ def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, ve
     finally:
         subprocess.run(unlock)
     assert result.returncode == 2
-    assert re.search(r"cannot write checkpoint .*step_00000002.pt: (Operation not permitted|Permission denied)",
+    assert re.search(r"cannot write checkpoint .*step_00000002.pt: (Operation not permitted|Permission "
+                     r"denied)",
                      result.stderr), result.stderr
-    assert checkpoint.read(folder / "step_00000001.pt")
+    assert store.read(folder / "step_00000001.pt")
 
 
 def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict_data):
@@ -235,15 +256,15 @@ def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert second.stderr.strip() == (f"gptdist.train: error: run.out_dir {out} is in use by another training "
                                      f"(process {first.pid} on {socket.gethostname()}, started "
-                                     f"{second.stderr.split('started ')[1].split(')')[0]}); wait for it to end "
-                                     "or choose another run.out_dir")
+                                     f"{second.stderr.split('started ')[1].split(')')[0]}); wait for it to "
+                                     "end or choose another run.out_dir")
     assert (out / "config.yaml").read_bytes() == config_before and '"step": 4,' not in second.stdout
     first.send_signal(signal.SIGTERM)  # the first run goes on unharmed, and stops as usual
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr[-2000:]
     rows = metrics_rows(out)
     assert [r["event"] for r in rows if "event" in r and r["event"] == "start"] == ["start"]  # one run's rows
-    assert checkpoint.read(checkpoint.checkpoint_paths(out / "checkpoints")[-1])
+    assert store.read(store.checkpoint_paths(out / "checkpoints")[-1])
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, verdict_data):
@@ -267,22 +288,26 @@ def test_an_evaluation_that_fails_never_costs_the_checkpoint_of_its_step(tmp_pat
     tokens[3] = 60000
     tokens.tofile(val)
     out = tmp_path / "run"
-    result = train(1, data, out, "data.verify=false", "eval.at_start=false", "train.max_steps=4", "eval.interval=4", "checkpoint.interval=4")
+    result = train(1, data, out, "data.verify=false", "eval.at_start=false", "train.max_steps=4",
+                   "eval.interval=4", "checkpoint.interval=4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"gptdist.train: error: the val split of {data} holds token id 60000 >= "
-                                     f"vocab_size 50257: the shards are damaged; python -m gptdist.prepare --verify "
-                                     f"{data} names the shard")
-    assert checkpoint.read(out / "checkpoints" / "step_00000004.pt")["progress"]["step"] == 4
+                                     "vocab_size 50257: the shards are damaged; python -m gptdist.prepare "
+                                     f"--verify {data} names the shard")
+    assert store.read(out / "checkpoints" / "step_00000004.pt")["progress"]["step"] == 4
 
 
 def test_a_prompt_beyond_the_vocabulary_stops_the_run_before_it_trains(tmp_path):
     data = tmp_path / "small-vocab"  # a corpus of a 1000-token vocabulary (ids below 1000)
     data.mkdir()
-    writer = {split: shards.ShardWriter(data, split, shards.token_dtype(1000), 10_000) for split in shards.SPLITS}
+    writer = {split: shards.ShardWriter(data, split, shards.token_dtype(1000),
+                                        10_000) for split in shards.SPLITS}
     rng = np.random.default_rng(0)
     for split, count in (("train", 4000), ("val", 600)):
         writer[split].add_document(rng.integers(0, 1000, count).astype("<u2"))
-    shards.write_manifest(data, {"format": shards.FORMAT, "tokenizer": "custom", "vocab_size": 1000, "eot_token": 999,
+    shards.write_manifest(data,
+                          {"format": shards.FORMAT, "tokenizer": "custom", "vocab_size": 1000,
+                           "eot_token": 999,
                                  "dtype": "uint16", "splits": {s: w.close() for s, w in writer.items()}})
     out = tmp_path / "run"
     result = train(1, data, out, "model.vocab_size=1000", "train.max_steps=3")
@@ -308,8 +333,9 @@ def test_an_unwritable_runs_folder_is_one_line(tmp_path, verdict_data, case):
     finally:
         subprocess.run(unlock)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert re.fullmatch(rf"gptdist.train: error: cannot write in run.out_dir {out}: (Permission denied|Operation not "
-                        r"permitted|Read-only file system); choose a run.out_dir this user can write to\n",
+    assert re.fullmatch(rf"gptdist.train: error: cannot write in run.out_dir {out}: (Permission "
+                        r"denied|Operation not permitted|Read-only file system); choose a run.out_dir this "
+                        r"user can write to\n",
                         result.stderr), result.stderr
     assert {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()} == before
 
@@ -338,17 +364,17 @@ def test_damaged_data_is_refused_before_training(tmp_path, verdict_data, damage,
     elif damage == "token":
         tokens[5] = 60000
         tokens.tofile(shard)
-        manifest["splits"]["train"]["shards"][0]["sha256"] = checkpoint.hashlib.sha256(tokens.tobytes()).hexdigest()
+        manifest["splits"]["train"]["shards"][0]["sha256"] = hashlib.sha256(tokens.tobytes()).hexdigest()
     else:
         manifest["format"] = "gptdist-shards/9"
     (data / "manifest.json").write_text(json.dumps(manifest))
-    result = run_module("gptdist.train", *train_args(data, tmp_path / "run", "train.max_steps=2"))
+    result = run_main("gptdist.train", *train_args(data, tmp_path / "run", "train.max_steps=2"))
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_code_never_unpickles_or_shells_out():
-    source = "\n".join(p.read_text() for p in (REPO / "gptdist").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (REPO / "gptdist").rglob("*.py"))
     loads = re.findall(r"torch\.load\(([^)]*)\)", source)
     assert loads and all("weights_only=True" in call for call in loads)
     assert "yaml.load(" not in source and "yaml.safe_load(" in source

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gptdist.data import DistributedStepSampler
+from gptdist.data.sampler import DistributedStepSampler
 
 
 def run_epoch(samplers):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gptdist.config import ScheduleConfig
-from gptdist.schedule import WarmupCosineSchedule
+from gptdist.training.schedule import WarmupCosineSchedule
 
 
 def book_lr(step, warmup, total, initial, peak, minimum):

@@ -32,14 +32,19 @@ def slurm():
         subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, timeout=60)
 
 
-def sbatch(tmp_path, *args, wait=False, agents=1, log="job.log"):
-    """Submit slurm/train.sbatch: `agents` torchrun agents (tasks) on the node, 2 processes in all."""
+def sbatch(tmp_path, *args, agents=1, log="job.log"):
+    """Submit slurm/train.sbatch: `agents` torchrun agents (tasks) on the node, 2 processes in all.
+    (Not `sbatch --wait`: it polls at doubling intervals, up to half a minute after the job ended.)"""
     env = {**os.environ, "NPROC_PER_NODE": str(2 // agents)}
-    command = ["sbatch", "--parsable", "--cpus-per-task=1", f"--ntasks-per-node={agents}", f"--output={tmp_path}/{log}",
-               *(["--wait"] if wait else []), str(REPO / "slurm" / "train.sbatch"), *args]
+    command = ["sbatch", "--parsable", "--cpus-per-task=1", f"--ntasks-per-node={agents}",
+               f"--output={tmp_path}/{log}",
+               str(REPO / "slurm" / "train.sbatch"), *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     job = re.search(r"^(\d+)", result.stdout.strip())
     return result, job.group(1) if job else None
+
+
+RUNNING = ("PENDING", "RUNNING", "CONFIGURING")  # the states of a job that has not ended
 
 
 def job_info(job: str) -> dict:
@@ -53,17 +58,18 @@ def wait_for_end(job: str, timeout=400) -> dict:
         info = job_info(job)
         if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             return info
-        time.sleep(1)
+        time.sleep(0.5)
     subprocess.run(["scancel", job])
     raise AssertionError(f"job {job} did not end in {timeout} s: {job_info(job)}")
 
 
 def test_job_runs_to_completion_and_leaves_a_checkpoint(slurm, tmp_path, verdict_data):
     out = tmp_path / "run"
-    result, job = sbatch(tmp_path, *train_args(verdict_data, out, "train.max_steps=6"), wait=True)
+    result, job = sbatch(tmp_path, *train_args(verdict_data, out, "train.max_steps=6"))
+    assert result.returncode == 0, result.stderr
+    info = wait_for_end(job)
     log = (tmp_path / "job.log").read_text() if (tmp_path / "job.log").exists() else ""
-    assert result.returncode == 0, result.stderr + log[-3000:]
-    assert wait_for_end(job)["JobState"] == "COMPLETED"
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
     assert (out / "checkpoints" / "step_00000006.pt").is_file()
     assert "on 1 node(s) x 2" in log and "training" in log
 
@@ -77,7 +83,7 @@ def test_preempted_job_checkpoints_requeues_resumes_and_finishes(slurm, tmp_path
     deadline = time.time() + 300
     while not metrics.exists() or '"step": 3,' not in metrics.read_text():
         assert time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
-        assert job_info(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        assert job_info(job).get("JobState") in RUNNING
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     info = wait_for_end(job)
@@ -93,55 +99,78 @@ def test_preempted_job_checkpoints_requeues_resumes_and_finishes(slurm, tmp_path
 
 
 def test_failing_training_ends_failed(slurm, tmp_path, verdict_data):
-    result, job = sbatch(tmp_path, *train_args(verdict_data, tmp_path / "run", "train.no_such_key=1"), wait=True)
+    result, job = sbatch(tmp_path, *train_args(verdict_data, tmp_path / "run", "train.no_such_key=1"))
+    assert result.returncode == 0, result.stderr
     info = wait_for_end(job)
     assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0"
-    assert result.returncode != 0
     assert "unknown config key train.no_such_key" in (tmp_path / "job.log").read_text()
+
+
+def processes_of(out, agents: bool) -> list[int]:
+    """The pids of the run's torchrun agents (agents=True), or of its training processes."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = f"run.out_dir={out}".encode() in args and b"gptdist.train" in args
+        if ours and (b"--nnodes" in b" ".join(args)) == agents:
+            found.append(int(cmdline.parent.name))
+    return found
 
 
 def kill_a_worker(out, job: str) -> None:
     """SIGKILL one training process of the job once it trains (found by its run.out_dir)."""
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").exists() or '"step": 2,' not in (out / "metrics.jsonl").read_text():
-        assert time.time() < deadline and job_info(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        assert time.time() < deadline and job_info(job).get("JobState") in RUNNING
         time.sleep(0.2)
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"run.out_dir={out}".encode() in args and b"gptdist.train" in args and b"--nnodes" not in b" ".join(args):
-            os.kill(int(cmdline.parent.name), signal.SIGKILL)
-            return
-    raise AssertionError("no training process found")
+    workers = processes_of(out, agents=False)
+    assert workers, "no training process found"
+    os.kill(workers[0], signal.SIGKILL)
 
 
-def test_two_agent_jobs_end_with_the_right_status_twenty_times_in_a_row(slurm, tmp_path, verdict_data):
-    """Two torchrun agents meeting by c10d, as on two nodes: an agent can exit 1 after a successful run.
+def kill_an_agent_once_finished(out, job: str) -> None:
+    """SIGKILL one torchrun agent of the job once training has finished (rank 0 wrote its outcome file,
+    seconds before the agents leave): the agent exits non-zero after a run that succeeded."""
+    outcome = REPO / f".gptdist-outcome-{job}"
+    deadline = time.time() + 300
+    while not outcome.exists():
+        assert time.time() < deadline and job_info(job).get("JobState") in RUNNING
+        time.sleep(0.005)
+    agents = processes_of(out, agents=True)
+    assert agents, "no torchrun agent found"
+    os.kill(agents[0], signal.SIGKILL)
 
-    The job's status must say whether training finished: 0 for every successful run, non-zero
-    when a worker is killed.
-    """
-    failing = {6, 13}
-    statuses = []
-    for run in range(20):
-        out = tmp_path / f"run{run}"
-        steps = 100000 if run in failing else 3
-        result, job = sbatch(tmp_path, *train_args(verdict_data, out, f"train.max_steps={steps}", "logging.interval=1",
-                                                   "eval.interval=100000", "checkpoint.interval=100000"),
-                             agents=2, log=f"job{run}.log")
+
+def test_two_agent_jobs_end_with_the_right_status(slurm, tmp_path, verdict_data):
+    """Two torchrun agents meeting by c10d, as on two nodes. An agent can exit 1 after a run that
+    succeeded (the agent hosting the rendezvous store may leave before the other has closed the
+    rendezvous: seen in 4 of 18 such jobs); the job's status must still say that training finished.
+    The test makes that certain, killing an agent once training has finished. A worker killed while
+    training must fail the job."""
+    for case in ("finished", "an agent exits after it finished", "a worker killed"):
+        out = tmp_path / case.replace(" ", "-")
+        steps = 100000 if case == "a worker killed" else 3
+        args = train_args(verdict_data, out, f"train.max_steps={steps}", "logging.interval=1",
+                          "eval.interval=100000", "checkpoint.interval=100000")
+        result, job = sbatch(tmp_path, *args, agents=2, log=f"{out.name}.log")
         assert result.returncode == 0, result.stderr
-        if run in failing:
+        if case == "a worker killed":
             kill_a_worker(out, job)
+        elif case == "an agent exits after it finished":
+            kill_an_agent_once_finished(out, job)
         info = wait_for_end(job)
-        log = (tmp_path / f"job{run}.log").read_text()
-        statuses.append((run, info["JobState"], info["ExitCode"]))
-        if run in failing:
+        log = (tmp_path / f"{out.name}.log").read_text()
+        if case == "a worker killed":
             assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", log[-3000:]
             assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
         else:
-            assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (statuses, log[-3000:])
+            assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (case, log[-3000:])
             assert (out / "checkpoints" / "step_00000003.pt").is_file()
             assert "x 1, rendezvous" in log
+        if case == "an agent exits after it finished":
+            succeeded = r"torchrun exited [1-9]\d* after training finished .*: the job succeeded"
+            assert re.search(succeeded, log), log[-3000:]
     assert not list(REPO.glob(".gptdist-outcome-*")), "the job left its outcome file behind"

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_module
+from conftest import REPO, TINY, run_main
 
-from gptdist import flops, throughput
-from gptdist.throughput import Throughput
+from gptdist.observe import flops, throughput
+from gptdist.observe.throughput import Throughput
 
 
 class Clock:
@@ -21,7 +21,8 @@ class Clock:
 def test_tokens_per_second_mfu_and_eta(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(throughput.time, "perf_counter", clock)
-    meter = Throughput(tokens_per_step=1000, flops_per_token=2e6, peak=(1e10, "given"), world_size=2, total_steps=110)
+    meter = Throughput(tokens_per_step=1000, flops_per_token=2e6, peak=(1e10, "given"), world_size=2,
+                       total_steps=110)
     meter.start(step=0)
     clock.now += 30.0  # the first step compiles
     assert meter.first_step_done(torch.device("cpu")) == 30.0
@@ -43,13 +44,13 @@ def test_durations_read_as_time():
 def test_cpu_peak_is_measured_without_touching_the_training_rng():
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert flops.measured_cpu_peak(torch.float32, size=256, repeats=2) > 0
+    assert flops.measured_cpu_peak(torch.float32, seconds=0.05, repeats=2) > 0
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_bench_train_reports_speed_mfu_and_startup(verdict_data):
-    result = run_module("gptdist.bench", "train", "--config", "configs/verdict-tiny.yaml", "--steps", "3",
-                        "--warmup", "1", "--eval", f"data.dir={verdict_data}", *TINY)
+    result = run_main("gptdist.bench", "train", "--config", REPO / "configs" / "verdict-tiny.yaml", "--steps",
+                      "3", "--warmup", "1", "--eval", f"data.dir={verdict_data}", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["tokens_per_sec"] > 0 and 0 < row["mfu"] < 1 and row["torch"] == torch.__version__

@@ -9,17 +9,21 @@ import time
 import pytest
 import torch
 from conftest import (
+    ONE_THREAD,
     REPO,
+    UNINTERRUPTED,
     child_pids,
     metrics_rows,
     newest_model,
+    run_main,
     run_module,
     torchrun_command,
     train_args,
     wait_for_exit,
 )
 
-from gptdist import checkpoint
+from gptdist import config
+from gptdist.checkpoint import store
 from gptdist.errors import UserError
 
 
@@ -43,7 +47,8 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     assert len(first_step) == 1 and first_step[0]["step"] == 1 and first_step[0]["seconds"] > 0
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
-    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_sec", "mfu", "eta_s"} <= set(steps[0])
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_sec", "mfu",
+            "eta_s"} <= set(steps[0])
     assert all(0 < r["mfu"] < 1 for r in steps) and all(r["eval_s"] > 0 for r in evals)
     assert steps[-1]["eta_s"] == 0 and steps[0]["eta_s"] > steps[len(steps) // 2]["eta_s"] > 0
     assert steps[-1]["step"] == start["total_steps"] and steps[-1]["epoch"] == pytest.approx(6.0)
@@ -53,7 +58,7 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     assert (out / "config.yaml").is_file() and (out / "loss.png").stat().st_size > 1000
     assert "sample: 'Every effort moves you" in result.stdout
     assert result.stdout.count("eval step") == len(evals)  # rank 0 prints; rank 1 does not
-    saved = torch.load(checkpoint.checkpoint_paths(out / "checkpoints")[-1], weights_only=True)
+    saved = torch.load(store.checkpoint_paths(out / "checkpoints")[-1], weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved["model"])
     assert len(saved["rng"]["ranks"]) == 2 and saved["progress"]["step"] == start["total_steps"]
     assert saved["step"] == start["total_steps"] and saved["epoch"] == pytest.approx(6.0)
@@ -62,18 +67,13 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
-    overrides = ("train.max_steps=30", "checkpoint.interval=5", "checkpoint.keep=10", "eval.interval=10",
-                 "model.drop_rate=0.1", "model.emb_dim=64", "model.context_length=64")
-    whole = tmp_path / "whole"
-    assert torchrun(2, *train_args(verdict_data, whole, *overrides)).returncode == 0
-
+def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data, uninterrupted):
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *overrides)), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *UNINTERRUPTED)), cwd=REPO,
+                            env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000010.pt").exists():
+    while not (killed / "checkpoints" / "step_00000008.pt").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.02)
     # The whole job dies at once, as on a node failure: torchrun runs its workers in sessions of
@@ -83,55 +83,60 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data):
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     wait_for_exit(workers)
-    assert not (killed / "checkpoints" / "step_00000030.pt").exists(), "the run ended before the kill"
+    assert not (killed / "checkpoints" / "step_00000024.pt").exists(), "the run ended before the kill"
 
-    result = torchrun(2, *train_args(verdict_data, killed, *overrides))
+    result = torchrun(2, *train_args(verdict_data, killed, *UNINTERRUPTED))
     assert result.returncode == 0, result.stderr[-3000:]
     resumes = [r for r in metrics_rows(killed) if r.get("event") == "resume"]
-    assert len(resumes) == 1 and resumes[0]["step"] >= 10
-    a, b = newest_model(whole), newest_model(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(resumes) == 1 and resumes[0]["step"] >= 8
+    b = newest_model(killed)
+    assert uninterrupted.keys() == b.keys()
+    assert all(torch.equal(uninterrupted[k], b[k]) for k in b)
+
+
+VARIANTS = ["eager", "compile", "blocks", "fsdp", "fsdp+blocks+compile"]  # see tests/dist_grad_check.py
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compiled", [[], ["compile"], ["blocks"], ["fsdp"], ["fsdp", "blocks", "compile"]],
-                         ids=["eager", "compiled", "activation-checkpointing", "fsdp", "fsdp-checkpointing-compiled"])
-def test_accumulated_gradients_equal_one_process(tmp_path, verdict_data, compiled):
+def test_accumulated_gradients_equal_one_process(tmp_path, verdict_data):
     script = REPO / "tests" / "dist_grad_check.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *compiled], capture_output=True,
-                            text=True, env=env, cwd=REPO, timeout=300)
+    env = {**ONE_THREAD, "PYTHONPATH": str(REPO)}  # a script's own folder, not the checkout, leads its path
+    result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *VARIANTS],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "gradients equal on 2 ranks and to one process's" in result.stdout
+    for variant in VARIANTS:
+        assert f"{variant}: gradients equal on 2 ranks and to one process's" in result.stdout, result.stdout
 
 
 def test_single_process_run_without_torchrun(tmp_path, verdict_data):
     out = tmp_path / "solo"
-    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3", "logging.interval=1"))
+    result = run_module("gptdist.train",
+                        *train_args(verdict_data, out, "train.max_steps=3", "logging.interval=1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in metrics_rows(out) if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in metrics_rows(out) if "val_loss" in r] == [0, 3]  # eval.at_start, and the end
     # run again: it resumes at the end and trains no further
-    again = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3"))
+    again = run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=3"))
     assert again.returncode == 0 and "resumed from" in again.stdout
     assert [r["step"] for r in metrics_rows(out) if "val_loss" in r] == [0, 3]  # no evaluation at a resume
-    skipped = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "late", "train.max_steps=1",
-                                                      "eval.at_start=false"))
-    assert [r["step"] for r in metrics_rows(tmp_path / "late") if "val_loss" in r] == [1], skipped.stderr[-2000:]
+    skipped = run_main("gptdist.train", *train_args(verdict_data, tmp_path / "late", "train.max_steps=1",
+                                                    "eval.at_start=false"))
+    late = [r["step"] for r in metrics_rows(tmp_path / "late") if "val_loss" in r]
+    assert late == [1], skipped.stderr[-2000:]
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.bogus=1"], "unknown config key train.bogus; valid keys of train:"),
     (["train.max_steps=many"], "config key train.max_steps: expected int"),
     (["data.dir=/nonexistent/data"], "data folder /nonexistent/data does not exist"),
-    (["model.vocab_size=1000"], "was tokenized for a vocabulary of 50257 tokens but model.vocab_size is 1000"),
+    (["model.vocab_size=1000"],
+     "was tokenized for a vocabulary of 50257 tokens but model.vocab_size is 1000"),
     (["model.context_length=1024"], "too few for one sample"),
     (["train.micro_batch_size=200"], "larger than the train split"),
     (["model.preset=gpt9"], "unknown preset 'gpt9'"),
 ])
 def test_bad_config_or_data_is_one_clear_line(tmp_path, verdict_data, overrides, message):
-    result = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "run"), *overrides)
+    result = run_main("gptdist.train", *train_args(verdict_data, tmp_path / "run"), *overrides)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -139,17 +144,20 @@ def test_bad_config_or_data_is_one_clear_line(tmp_path, verdict_data, overrides,
 
 def test_checkpoints_of_another_architecture_are_refused(tmp_path, verdict_data):
     out = tmp_path / "run"
-    assert run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0
+    assert run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0
     before = sorted(p.read_bytes() for p in (out / "checkpoints").iterdir())
-    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "model.n_layers=2"))
-    assert result.returncode == 2 and "another architecture (model.n_layers: 1 there, 2 here)" in result.stderr
+    result = run_main("gptdist.train",
+                      *train_args(verdict_data, out, "train.max_steps=2", "model.n_layers=2"))
+    assert result.returncode == 2
+    assert "another architecture (model.n_layers: 1 there, 2 here)" in result.stderr
     assert sorted(p.read_bytes() for p in (out / "checkpoints").iterdir()) == before
 
 
 @pytest.mark.slow
 def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_data):
     out = tmp_path / "run"
-    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000",
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1",
+                      "checkpoint.interval=100000",
                       "eval.interval=100000")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -164,14 +172,40 @@ def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_
     stdout, stderr = agent.communicate(timeout=300)
     assert agent.returncode == 0, stderr[-3000:]
     assert "stopped by" in stdout
-    saved = checkpoint.checkpoint_paths(out / "checkpoints")
-    assert len(saved) == 1 and checkpoint.step_of(saved[0]) >= 3
-    assert len(checkpoint.read(saved[0])["rng"]["ranks"]) == 2  # both ranks took part in the final save
+    saved = store.checkpoint_paths(out / "checkpoints")
+    assert len(saved) == 1 and store.step_of(saved[0]) >= 3
+    assert len(store.read(saved[0])["rng"]["ranks"]) == 2  # both ranks took part in the final save
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, verdict_data):
+    out = tmp_path_factory.mktemp("saved") / "run"
+    assert run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0
+    return out
+
+
+def flipped(value):
+    """Another valid value of an architecture key: the other boolean, twice the number."""
+    return not value if isinstance(value, bool) else 2 * value
+
+
+@pytest.mark.parametrize("key", config.ARCHITECTURE_KEYS)
+def test_a_resume_with_any_architecture_key_changed_stops_with_one_line(saved_run, verdict_data, key):
+    newest = store.checkpoint_paths(saved_run / "checkpoints")[-1]
+    saved = store.read(newest)["config"]["model"][key]
+    before = newest.read_bytes()
+    result = run_main("gptdist.train", *train_args(verdict_data, saved_run, "train.max_steps=2",
+                                                   f"model.{key}={str(flipped(saved)).lower()}"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"gptdist.train: error: {newest} holds a checkpoint of another architecture (model.{key}: {saved!r} "
+        f"there, {flipped(saved)!r} here); use another run.out_dir or the checkpoint's model settings"]
+    assert store.checkpoint_paths(saved_run / "checkpoints") == [newest] and newest.read_bytes() == before
 
 
 def test_a_checkpoint_from_before_model_bias_resumes_and_bias_is_an_architecture_key():
+    from gptdist.checkpoint.resume import check_architecture
     from gptdist.config import ModelConfig
-    from gptdist.trainer import check_architecture
 
     older = {k: v for k, v in vars(ModelConfig()).items() if k != "bias"}  # written before model.bias existed
     check_architecture(older, ModelConfig(), "old.pt")
@@ -182,7 +216,8 @@ def test_a_checkpoint_from_before_model_bias_resumes_and_bias_is_an_architecture
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(tmp_path, verdict_data, sig):
     out = tmp_path / "run"
-    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1", "checkpoint.interval=100000")
+    args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1",
+                      "checkpoint.interval=100000")
     proc = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -193,7 +228,8 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(tmp_path, verdict
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     assert f"stopped by {sig.name}" in stdout
-    saved = checkpoint.checkpoint_paths(out / "checkpoints")
-    assert len(saved) == 1 and checkpoint.step_of(saved[0]) >= 3
-    again = run_module("gptdist.train", *train_args(verdict_data, out, f"train.max_steps={checkpoint.step_of(saved[0]) + 2}"))
-    assert again.returncode == 0 and f"at step {checkpoint.step_of(saved[0])}" in again.stdout
+    saved = store.checkpoint_paths(out / "checkpoints")
+    assert len(saved) == 1 and store.step_of(saved[0]) >= 3
+    stopped_at = store.step_of(saved[0])
+    again = run_main("gptdist.train", *train_args(verdict_data, out, f"train.max_steps={stopped_at + 2}"))
+    assert again.returncode == 0 and f"at step {stopped_at}" in again.stdout

@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_module, train_args
+from conftest import REPO, run_main, train_args
 
-from gptdist import config, distributed, metrics
+from gptdist import config, distributed
 from gptdist.config import ModelConfig, TrainConfig
-from gptdist.guard import NonFiniteGuard
-from gptdist.model import GPTModel
-from gptdist.parallelize import parallelize
+from gptdist.model.gpt import GPTModel
+from gptdist.observe import metrics
+from gptdist.training.guard import NonFiniteGuard
+from gptdist.training.parallelize import parallelize
 
 SOLO = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -44,7 +45,7 @@ def test_compiled_loss_and_gradients_equal_the_eager_reference():
 
 
 def small_trainer(data_dir, out_dir, *overrides):
-    from gptdist.trainer import Trainer
+    from gptdist.training.trainer import Trainer
 
     args = train_args(data_dir, out_dir, *overrides)
     return Trainer(config.load(args[1], args[2:]), SOLO)
@@ -55,29 +56,29 @@ def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data):
                             "train.micro_batch_size=5")
     assert trainer.val_data.num_samples == 16  # evaluated in batches of 5, 5, 5 and 1 (padded to 5)
     counters = torch._dynamo.utils.counters["stats"]
-    trainer.train_step(trainer.next_batches())  # compiles the training graph
+    trainer.step()  # compiles the training graph
     graphs = counters["unique_graphs"]
-    trainer.evaluate()
+    trainer.evaluator.losses()
     assert counters["unique_graphs"] == graphs + 1  # one graph for evaluation, the short last batch included
     for _ in range(2):
         trainer.model.train()
-        trainer.train_step(trainer.next_batches())
-        trainer.evaluate()
+        trainer.step()
+        trainer.evaluator.losses()
     assert counters["unique_graphs"] == graphs + 1  # and none after it
 
 
 def test_padded_evaluation_batch_gives_the_exact_loss(tmp_path, verdict_data):
-    from gptdist import evaluation
-    from gptdist.loss import NextTokenLoss
+    from gptdist.evaluation import perplexity
+    from gptdist.model.loss import NextTokenLoss
 
     trainer = small_trainer(verdict_data, tmp_path / "run")
     model = trainer.model.eval()
     windows = trainer.val_data
     assert windows.num_samples == 16  # in batches of 5, 5, 5 and 1 (padded to 5)
-    tokens = windows.batch(evaluation.eval_indices(windows.num_samples, 20))
+    tokens = windows.batch(perplexity.eval_indices(windows.num_samples, 20))
     with torch.no_grad():
         expected = todays_loss(model, tokens).item()
-    loss = evaluation.evaluate_loss(NextTokenLoss(model), windows, 4, 5, SOLO, trainer.autocast)
+    loss = perplexity.evaluate_loss(NextTokenLoss(model), windows, 4, 5, SOLO, trainer.autocast)
     assert loss == pytest.approx(expected, rel=1e-6)
 
 
@@ -86,7 +87,8 @@ def test_guard_skips_bad_steps_on_the_device_and_every_step_after_the_limit():
     optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
     guard = NonFiniteGuard(max_bad_steps=3, device=torch.device("cpu"))
     nan = float("nan")
-    #        applied   skipped: bad run of 2    applied  bad run of 3 (the limit)  after: skipped though finite
+    # applied: 1.0, 1.0; skipped: a bad run of 2; applied: 1.0; a bad run of 3 (the limit); after it:
+    # skipped though finite
     norms = [1.0, 1.0, nan, nan, 1.0, nan, nan, nan, 1.0, 1.0]
     applied = []
     for step, norm in enumerate(norms):
@@ -103,11 +105,12 @@ def test_guard_skips_bad_steps_on_the_device_and_every_step_after_the_limit():
 
 
 def test_an_unfused_optimizer_state_loads_into_the_fused_adamw_and_skips_on_the_device():
-    from gptdist.optimizer import adamw, decay_groups
+    from gptdist.training.optimizer import adamw, decay_groups
 
     torch.manual_seed(0)
     model = GPTModel(ModelConfig(emb_dim=32, n_heads=2, n_layers=1, context_length=8))
-    older = torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-3, foreach=True)  # as gptdist saved on CPU before
+    # as gptdist saved on CPU before
+    older = torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-3, foreach=True)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     older.step()
@@ -133,12 +136,14 @@ def test_guard_counts_only_non_finite_losses_when_the_loss_is_scaled():
 
 def test_divergence_is_stopped_at_the_next_log_without_applying_a_step(tmp_path, verdict_data):
     out = tmp_path / "run"
-    result = run_module("gptdist.train", *train_args(
-        verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50", "train.max_bad_steps=2",
+    result = run_main("gptdist.train", *train_args(
+        verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50",
+        "train.max_bad_steps=2",
         "logging.interval=6", "checkpoint.interval=1000", "eval.interval=1000", "schedule.warmup_steps=0"))
     assert result.returncode == 2, result.stderr[-2000:]
     # step 1 is applied and blows the weights up; steps 2 and 3 are the bad run; 4-6 are skipped unread
-    assert "training diverged: 2 steps in a row with a non-finite loss or gradient norm (seen at step 6" in result.stderr
+    assert ("training diverged: 2 steps in a row with a non-finite loss or gradient norm (seen at step 6"
+            in result.stderr)
     assert "5 update(s) skipped up to step 6" in result.stdout
     assert not (out / "checkpoints").exists()
 
@@ -149,12 +154,12 @@ def test_cuda_step_makes_no_host_sync(tmp_path, verdict_data, compile_):
     trainer = small_trainer(verdict_data, tmp_path / "run", "train.device=cuda", f"train.compile={compile_}",
                             "model.drop_rate=0.0")
     for _ in range(2):  # compilation and the allocator's first steps may sync
-        trainer.train_step(trainer.next_batches())
+        trainer.step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            trainer.train_step(trainer.next_batches())
+            trainer.step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
@@ -162,14 +167,20 @@ def test_cuda_step_makes_no_host_sync(tmp_path, verdict_data, compile_):
 @pytest.mark.slow
 def test_float8_follows_the_bf16_loss_curve_and_keeps_the_checkpoint_format(tmp_path, verdict_data):
     pytest.importorskip("torchao")
-    from gptdist import checkpoint, hf, loading
+    from gptdist.checkpoint import pretrained, store
+    from gptdist.model import hf
 
+    # The smallest model whose linear layers FP8 takes (dimensions divisible by 16): on a CPU without bf16
+    # matmuls every step is slow, and the shape of the curve is what is compared.
+    small = ("model.emb_dim=16", "model.n_heads=2", "model.context_length=16", "train.micro_batch_size=8",
+             "optim.lr=2e-2", "eval.batches=1", "sample.max_new_tokens=1")
     runs = {}
     for recipe in ("null", "tensorwise", "rowwise"):
         out = tmp_path / recipe
-        result = run_module("gptdist.train", "--config", REPO / "configs" / "verdict-tiny.yaml", f"data.dir={verdict_data}",
-                            f"run.out_dir={out}", "train.precision=bf16", f"train.float8={recipe}", "train.max_steps=60",
-                            "logging.interval=10", "eval.interval=1000", "model.drop_rate=0.0")
+        result = run_main("gptdist.train", "--config", REPO / "configs" / "verdict-tiny.yaml",
+                          f"data.dir={verdict_data}", f"run.out_dir={out}", "train.precision=bf16",
+                          f"train.float8={recipe}", "train.max_steps=60", "logging.interval=10",
+                          "eval.interval=1000", "model.drop_rate=0.0", *small)
         assert result.returncode == 0, result.stderr[-2000:]
         assert ("emulating FP8 matmuls" in result.stdout) == (recipe != "null")
         runs[recipe] = [row["loss"] for row in metrics.read_rows(out / "metrics.jsonl") if "loss" in row]
@@ -180,18 +191,18 @@ def test_float8_follows_the_bf16_loss_curve_and_keeps_the_checkpoint_format(tmp_
         assert runs[recipe] == pytest.approx(bf16, rel=0.01), recipe
     # weights stay plain tensors under the usual names: a plain model loads the FP8 run's checkpoint, and
     # every tensor has its Hugging Face name for an export
-    cfg, state = loading.from_checkpoint(tmp_path / "tensorwise")
-    model = loading.load_weights(GPTModel(cfg), state, "the FP8 run")
-    saved = checkpoint.read(checkpoint.checkpoint_paths(tmp_path / "tensorwise" / "checkpoints")[-1])["model"]
+    cfg, state = pretrained.from_checkpoint(tmp_path / "tensorwise")
+    model = pretrained.load_weights(GPTModel(cfg), state, "the FP8 run")
+    saved = store.read(store.checkpoint_paths(tmp_path / "tensorwise" / "checkpoints")[-1])["model"]
     assert set(model.state_dict()) == set(saved)
     assert len(hf.hf_tensors(cfg, state, torch.float32)) == 4 + 12 * cfg.n_layers + (not cfg.tie_embeddings)
 
 
 def test_float8_needs_torchao_and_says_so(tmp_path, verdict_data):
-    program = ("import sys; sys.modules['torchao'] = None; from gptdist.train import main; main(sys.argv[1:])")
+    program = "import sys; sys.modules['torchao'] = None; from gptdist.train import main; main(sys.argv[1:])"
     args = train_args(verdict_data, tmp_path / "run", "train.float8=tensorwise", "train.max_steps=1")
     result = subprocess.run([sys.executable, "-c", program, *map(str, args)], capture_output=True, text=True,
                             cwd=REPO, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("gptdist.train: error: train.float8 needs torchao: pip install 'gptdist[fp8]' "
-                                     "(or set train.float8: null)")
+    assert result.stderr.strip() == ("gptdist.train: error: train.float8 needs torchao: pip install "
+                                     "'gptdist[fp8]' (or set train.float8: null)")

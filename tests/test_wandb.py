@@ -19,7 +19,8 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     overrides = ("logging.wandb=true", "logging.wandb_project=gptdist-test", "logging.wandb_tags=[ci, tiny]",
                  "logging.interval=2", "eval.interval=4", "eval.hellaswag_interval=4",
                  f"eval.hellaswag_file={write_hellaswag(tmp_path / 'hellaswag.jsonl')}")
-    result = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=8", *overrides)),
+    result = subprocess.run(torchrun_command(2,
+                                             *train_args(verdict_data, out, "train.max_steps=8", *overrides)),
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = offline_runs(out)
@@ -31,18 +32,22 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     assert losses == {r["step"]: r["loss"] for r in metrics if "loss" in r}
     assert {r["_step"]: r["val_loss"] for r in rows if "val_loss" in r} == \
         {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
-    assert {r["_step"]: r["mfu"] for r in rows if "mfu" in r} == {r["step"]: r["mfu"] for r in metrics if "mfu" in r}
+    logged = {r["_step"]: r["mfu"] for r in rows if "mfu" in r}
+    assert logged == {r["step"]: r["mfu"] for r in metrics if "mfu" in r}
     hellaswag = {r["_step"]: r["hellaswag_acc_norm"] for r in rows if "hellaswag_acc_norm" in r}
     assert hellaswag == {r["step"]: r["hellaswag_acc_norm"] for r in metrics if "hellaswag_acc_norm" in r}
     assert sorted(hellaswag) == [0, 4, 8]
-    assert min(r["_step"] for r in rows if "val_loss" in r) == 0  # eval.at_start: the curve starts at the initial loss
+    # eval.at_start: the curve starts at the initial loss
+    assert min(r["_step"] for r in rows if "val_loss" in r) == 0
     media = {key.split("/")[0] for row in rows for key in row if "/" in key}  # stored as nested keys
     assert media == {"samples", "loss_plot"}
     tables = [row for row in rows if "samples/_type" in row]
     assert [t["samples/_type"] for t in tables] == ["table-file"] * 3 and tables[-1]["samples/nrows"] == 3
     (run_id,) = run_ids(log)
 
-    resumed = subprocess.run(torchrun_command(2, *train_args(verdict_data, out, "train.max_steps=12", *overrides)),
+    resumed = subprocess.run(torchrun_command(2,
+                                              *train_args(verdict_data, out, "train.max_steps=12",
+                                                          *overrides)),
                              capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = offline_runs(out)
@@ -61,7 +66,8 @@ def test_wandb_dir_is_honoured_when_set(tmp_path, verdict_data):
     out, elsewhere = tmp_path / "run", tmp_path / "wandb-files"
     elsewhere.mkdir()
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(elsewhere), "WANDB_API_KEY": "x" * 40}
-    result = run_module("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2", "logging.wandb=true"),
+    result = run_module("gptdist.train",
+                        *train_args(verdict_data, out, "train.max_steps=2", "logging.wandb=true"),
                         env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(offline_runs(elsewhere)) == 1 and not (out / "wandb").exists()
@@ -72,7 +78,8 @@ def test_wandb_true_without_wandb_installed_fails_at_start(tmp_path, verdict_dat
     blocker.mkdir()
     (blocker / "wandb.py").write_text("raise ImportError('no wandb here')\n")
     env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "run", "logging.wandb=true"), env=env)
+    result = run_module("gptdist.train", *train_args(verdict_data, tmp_path / "run", "logging.wandb=true"),
+                        env=env)
     assert result.returncode == 2
     assert "logging.wandb is true but wandb is not installed" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,138 @@
+"""The checkpointer: a loop over named states, saved in the background while training goes on.
+
+Every stateful piece (model, optimizer, scaler, schedule, sampler, progress, RNG, tracking)
+has state_dict()/load_state_dict(), and a checkpoint holds one entry per name (store.py).
+With checkpoint.sharded the model and optimizer go into a torch.distributed.checkpoint folder
+instead, every rank writing its shards (sharded.py), and the rest beside them.
+
+A save stops training only to copy the state into host memory (snapshot.py); rank 0 then
+digests, serialises, writes, syncs, renames and prunes in a background thread while
+training goes on. One write is in flight at most: the next save waits for it. A write
+that fails is reported at the next step boundary (`poll`) or save (`wait`) and stops the run.
+"""
+
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch.distributed as dist
+
+from .. import distributed
+from ..errors import UserError
+from . import sharded, store
+from .snapshot import HostSnapshot
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class Saved:
+    """A checkpoint on disk, and what it cost: training stopped for stall_s, the background took write_s."""
+
+    step: int
+    path: Path
+    bytes: int
+    stall_s: float
+    write_s: float
+
+
+class Checkpointer:
+    def __init__(self, folder: Path, keep: int, ctx: distributed.Dist, background: bool = True,
+                 sharded: bool = False):
+        self.folder, self.keep, self.ctx, self.background = Path(folder), keep, ctx, background
+        self.sharded = sharded and ctx.enabled  # alone, a sharded checkpoint is the whole state: one file
+        self.snapshot = HostSnapshot(ctx.device)
+        # Under checkpoint.sharded every rank writes, in a thread of its own whose collectives need
+        # a group of their own: two threads taking turns on one group would mismatch their calls.
+        self.group = dist.new_group(backend="gloo") if self.sharded else None
+        writes = ctx.is_main or self.sharded
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="gptdist-checkpoint") if writes else None
+        self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
+        # a killed run's half-written file or folder: never a checkpoint
+        if ctx.is_main and self.folder.is_dir():
+            for stale in self.folder.glob(store.temporary(self.folder / "step_*").name):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+    def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Saved | None:
+        """Called on every rank at the same step boundary (states may gather from all ranks).
+
+        Returns once training may go on: with background writes, after the snapshot (None);
+        otherwise once the checkpoint is durable (what `wait` returns). `summary` adds plain
+        top-level values for readers (step, epoch, tokens_seen).
+        """
+        start = time.perf_counter()
+        finished = self.wait()  # the snapshot's buffers are the previous write's
+        shards = {name: states[name].sharded_state_dict() for name in sharded.SHARDED_STATES
+                  } if self.sharded else {}
+        small = {name: state.state_dict() for name, state in states.items() if name not in shards}
+        staged = self.snapshot.take({"shards": shards, "small": small})
+        if self.ctx.is_main:
+            staged["small"].update(summary, format=store.FORMAT, config=config)
+        if self.writer is not None:  # every rank under checkpoint.sharded, else rank 0 alone
+            if self.sharded:
+                path = self.folder / f"step_{step:08d}"
+                write = self.writer.submit(store.write_sharded, staged["shards"], staged["small"], path,
+                                           self.keep, self.group)
+            else:
+                path = self.folder / f"step_{step:08d}.pt"
+                write = self.writer.submit(store.write, staged["small"], path, self.keep)
+            self.in_flight = (write, step, path, time.perf_counter() - start)
+        if self.background:
+            return finished
+        saved = self.wait()
+        if saved is not None:  # all of it stopped training
+            saved.stall_s = round(time.perf_counter() - start, 4)
+        return saved
+
+    def newest(self) -> Path | None:
+        """The newest checkpoint on disk, if any."""
+        paths = store.checkpoint_paths(self.folder)
+        return paths[-1] if paths else None
+
+    def poll(self) -> Saved | None:
+        """Every rank that writes, at any step boundary: the write that finished since, if any (raises its
+        failure)."""
+        if self.in_flight is None or not self.in_flight[0].done():
+            return None
+        return self._finish()
+
+    def wait(self) -> Saved | None:
+        """Every rank: wait for the write in flight; if it failed, every rank stops (the failing one with its
+        error)."""
+        finished, failure = None, None
+        if self.in_flight is not None:
+            try:
+                finished = self._finish()
+            except UserError as err:
+                failure = err
+        distributed.raise_together(failure, self.ctx)
+        return finished
+
+    def _finish(self) -> Saved:
+        write, step, path, stall_s = self.in_flight
+        self.in_flight = None
+        size, write_s = write.result()
+        return Saved(step, path, size, round(stall_s, 4), round(write_s, 4))
+
+    def close(self) -> Saved | None:
+        """On any exit, on this rank alone: the write in flight completes (or reports why not)."""
+        try:
+            return self._finish() if self.in_flight is not None else None
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown()
+
+    @staticmethod
+    def restore(payload: dict, states: dict[str, Stateful]) -> None:
+        """Load a checkpoint `store.read` returned into `states` (its shards first, if it has any)."""
+        if payload.get("sharded"):
+            sharded.load(Path(payload["sharded"]), states)
+        for name, state in states.items():
+            if name in payload:  # of a sharded checkpoint: all but the model and optimizer
+                state.load_state_dict(payload[name])

@@ -1,0 +1,149 @@
+"""Weights from anywhere, for inference, export and continued pretraining.
+
+One resolver: a gptdist checkpoint (a file, a sharded folder, or a run folder's newest), an
+OpenAI GPT-2 size (downloaded, cached) or folder (TensorFlow files), or a Hugging Face GPT-2
+folder -> (architecture, weights). The weights are in GPTModel's names with the vocabulary
+rows unpadded and a tied head held once; `load_weights` puts them into a GPTModel of any
+vocabulary padding and of a context up to theirs. generate, evaluate, export and
+model.init_from all come through here.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .. import config, distributed
+from ..config import PRETRAINED_KEYS, ModelConfig
+from ..errors import UserError
+from ..model import gpt2, hf
+from ..model.gpt import GPTModel
+from . import sharded, store
+
+Weights = tuple[ModelConfig, dict[str, torch.Tensor]]
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file or sharded checkpoint folder as given, or a run folder's newest checkpoint."""
+    path = Path(path)
+    if path.is_dir() and not sharded.is_sharded(path):
+        found = store.checkpoint_paths(path / "checkpoints") or store.checkpoint_paths(path)
+        if not found:
+            raise UserError(f"{path} holds no checkpoints (looked in {path / 'checkpoints'} and {path})")
+        return found[-1]
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    return path
+
+
+def unpadded(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A GPTModel state dict as pretrained weights: vocabulary rows cut to vocab_size, a tied head once."""
+    state = {**state, "tok_emb.weight": state["tok_emb.weight"][: cfg.vocab_size]}
+    if cfg.tie_embeddings:
+        state.pop("out_head.weight", None)
+    else:
+        state["out_head.weight"] = state["out_head.weight"][: cfg.vocab_size]
+    return state
+
+
+def from_checkpoint(path: str | Path) -> Weights:
+    payload = store.read(checkpoint_file(path))
+    cfg = config.build({"model": payload["config"]["model"]}).model
+    if payload.get("sharded"):  # torch.distributed.checkpoint loads into a model's tensors in place
+        model = GPTModel(cfg)
+        sharded.load_model(Path(payload["sharded"]), model)
+        return cfg, unpadded(model.state_dict(), cfg)
+    return cfg, unpadded(payload["model"], cfg)
+
+
+def from_gpt2(name_or_dir: str | Path) -> Weights:
+    """An OpenAI GPT-2 size (downloaded once into the cache), or a folder of OpenAI or Hugging Face files."""
+    size = gpt2.size_of(str(name_or_dir))
+    if size:
+        return gpt2.read(gpt2.download_gpt2(size))
+    folder = Path(name_or_dir)
+    if gpt2.is_openai_folder(folder):
+        return gpt2.read(folder)
+    if hf.is_hf_folder(folder):
+        return hf.read(folder)
+    raise UserError(f"{name_or_dir} is neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor a folder of OpenAI "
+                    f"(hparams.json) or Hugging Face ({hf.CONFIG}, {hf.WEIGHTS}) GPT-2 files")
+
+
+def is_gpt2(spec: str | Path) -> bool:
+    return bool(gpt2.size_of(str(spec))) or gpt2.is_openai_folder(spec) or hf.is_hf_folder(spec)
+
+
+def _source(spec: str, ctx: distributed.Dist) -> Weights:
+    """A GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run.
+
+    A GPT-2 size is downloaded once per node; the other ranks find it cached.
+    """
+    if is_gpt2(spec):
+        size = gpt2.size_of(spec)
+        if size and ctx.local_rank == 0:
+            gpt2.download_gpt2(size)
+        distributed.barrier()
+        return from_gpt2(spec)
+    if not Path(spec).exists():
+        raise UserError(f"model.init_from {spec}: neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an "
+                        "existing folder or checkpoint")
+    return from_checkpoint(spec)
+
+
+def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
+    """model.init_from: the run's model with its source's architecture (the SOURCE keys; the run keeps
+    its dropout, padding, init and a context up to the source's), and the source's weights."""
+    source, weights = _source(run.init_from, ctx)
+    if run.context_length > source.context_length:
+        raise UserError(f"model.context_length {run.context_length} exceeds the {source.context_length} "
+                        f"positions of model.init_from {run.init_from}")
+    continued = {**vars(run), "preset": None, **{key: getattr(source, key) for key in PRETRAINED_KEYS}}
+    return ModelConfig(**continued), weights
+
+
+def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> GPTModel:
+    """Copy weights into `model`: positions cut to its context, vocabulary rows padded (rows never looked
+    up, logits masked); every shape checked."""
+    state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
+    for name in ("tok_emb.weight", "out_head.weight"):
+        rows = state.get(name)
+        if rows is not None and rows.shape[0] < model.padded_vocab:
+            padding = rows.new_zeros(model.padded_vocab - rows.shape[0], *rows.shape[1:])
+            state[name] = torch.cat([rows, padding])
+    if model.cfg.tie_embeddings:
+        state["out_head.weight"] = state["tok_emb.weight"]
+    own = model.state_dict()
+    if own.keys() != state.keys():
+        names = sorted(own.keys() ^ state.keys())
+        raise UserError(f"{source} does not fit the model: {', '.join(names[:3])} "
+                        f"{'missing there' if names[0] in own else 'not in the model'}")
+    for name, tensor in state.items():
+        if own[name].shape != tensor.shape:
+            raise UserError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, the model's "
+                            f"{tuple(own[name].shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate, evaluate and export."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a gptdist checkpoint (file or sharded folder), or a run folder "
+                                             "(its newest)")
+    source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, "
+                                                           "cached)")
+    source.add_argument("--gpt2-dir", help="a folder of OpenAI GPT-2 files or a Hugging Face GPT-2 folder")
+
+
+def weights_from_arguments(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+    """(architecture, weights, a name of their source for messages) of --checkpoint / --gpt2 / --gpt2-dir."""
+    if args.checkpoint:
+        return *from_checkpoint(args.checkpoint), str(args.checkpoint)
+    spec = args.gpt2 or args.gpt2_dir
+    return *from_gpt2(spec), str(spec)
+
+
+def model_from_arguments(args: argparse.Namespace, device: torch.device) -> GPTModel:
+    cfg, state, source = weights_from_arguments(args)
+    return load_weights(GPTModel(cfg), state, source).to(device).eval()

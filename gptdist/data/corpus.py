@@ -1,0 +1,146 @@
+"""Where documents come from: local files, The Verdict, Project Gutenberg, Hugging Face datasets.
+
+A source yields *document references*, cheap to send to a worker process: a file path
+(read, cleaned and tokenized in the worker, so that a mirror of tens of thousands of
+books is never held in the main process) or the text itself (Hugging Face rows).
+"""
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..download import cache_dir, download
+from ..errors import UserError
+
+VERDICT_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
+)
+VERDICT_SIZE = 20479
+VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
+DATASETS = ("verdict",)
+LOCAL_HF_BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "csv": "csv", "text": "text"}
+
+
+def verdict_path() -> Path:
+    """The Verdict, downloaded once into the cache and verified by size and sha256."""
+    return download([VERDICT_URL], cache_dir() / "the-verdict.txt", VERDICT_SIZE, VERDICT_SHA256)
+
+
+def dataset_paths(name: str) -> list[Path]:
+    if name == "verdict":
+        return [verdict_path()]
+    raise UserError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, directories walked recursively for *.txt (sorted), globs expanded (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise UserError(f"input folder {path} holds no *.txt files")
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise UserError(f"input pattern {item!r} matches no files")
+            files.extend(found)
+        else:
+            raise UserError(f"input {path} does not exist")
+    return files
+
+
+def read_text(path: Path) -> tuple[str, int]:
+    """A file's text as UTF-8; undecodable bytes become U+FFFD and are counted."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        return text, text.count("\ufffd") - data.count("\ufffd".encode())
+
+
+# --- Project Gutenberg -------------------------------------------------------------
+
+# Marker lines that open and close the licence boilerplate, current and older variants.
+_GUTENBERG_START = re.compile(
+    r"^\s*\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG"
+    r"|^\s*\*END\*THE SMALL PRINT!"
+    r"|^\s*\*{3}\s*START OF THE COPYRIGHTED PROJECT GUTENBERG",
+    re.IGNORECASE,
+)
+_GUTENBERG_END = re.compile(
+    r"^\s*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG"
+    r"|^\s*End of (the |this )?Project Gutenberg"
+    r"|^\s*\*{3}\s*END OF THE COPYRIGHTED PROJECT GUTENBERG",
+    re.IGNORECASE,
+)
+_BLANK_RUNS = re.compile(r"\n\s*\n")
+MIN_ASCII_SHARE = 0.9
+
+
+def strip_gutenberg_boilerplate(text: str) -> str:
+    """The text between the last START marker line and the first END marker line after it."""
+    lines = text.splitlines()
+    start = 0
+    for i, line in enumerate(lines):
+        if _GUTENBERG_START.match(line):
+            start = i + 1
+    end = len(lines)
+    for i in range(start, len(lines)):
+        if _GUTENBERG_END.match(lines[i]):
+            end = i
+            break
+    return "\n".join(lines[start:end])
+
+
+def clean_gutenberg(text: str) -> tuple[str | None, str | None]:
+    """(cleaned text, None), or (None, why it is skipped)."""
+    body = strip_gutenberg_boilerplate(text).strip()
+    if not body:
+        return None, "empty after removing the licence text"
+    if sum(ch.isascii() for ch in body) < MIN_ASCII_SHARE * len(body):
+        return None, f"not mostly English (ASCII share < {MIN_ASCII_SHARE:.0%})"
+    return _BLANK_RUNS.sub("\n\n", body), None
+
+
+# --- Hugging Face datasets -------------------------------------------------------------
+
+
+def hf_texts(name: str, config: str | None, split: str, column: str,
+             data_files: list[str] | None) -> Iterator[str]:
+    """Rows of a dataset's text column, streamed: a 100 GB corpus never sits in memory."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("--hf needs the datasets package: pip install 'gptdist[hf]'") from None
+    builder = LOCAL_HF_BUILDERS.get(name)
+    if builder and not data_files:
+        raise UserError(f"--hf {name} reads local files: give them with --data-files")
+    try:
+        if builder:
+            stream = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True)
+        else:
+            stream = datasets.load_dataset(name, config, split=split, streaming=True)
+        rows = iter(stream)
+        first = next(rows, None)
+    except Exception as err:  # the hub client raises many types: offline, not found, bad config
+        raise UserError(
+            f"cannot load Hugging Face dataset {name!r} (split {split!r}): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''} -- offline, use a local copy with "
+            "--hf parquet|json|csv --data-files FILES"
+        ) from None
+    if first is None:
+        return
+    if column not in first:
+        raise UserError(f"dataset {name!r} has no column {column!r}; its columns: {', '.join(first)} "
+                        "(--text-column)")
+    yield first[column]
+    for row in rows:
+        yield row[column]

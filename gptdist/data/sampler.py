@@ -1,0 +1,63 @@
+"""The resumable distributed sampler: which samples each rank trains on at every optimizer step."""
+
+import numpy as np
+
+from ..errors import UserError
+
+
+class DistributedStepSampler:
+    """Hands each rank its share of every optimizer step's global batch.
+
+    Each epoch is a seeded permutation of all samples; a step takes the next
+    `global_batch` of them and rank r gets the r-th contiguous slice. The position
+    in the permutation is the state, so a resumed run continues with the next
+    unseen sample even on another world size (the global batch stays the same).
+    A final partial global batch of an epoch is dropped, as DistributedSampler's drop_last.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.steps_per_epoch = num_samples // global_batch
+        self.epoch = 0
+        self.position = 0  # samples of this epoch's order already consumed, by all ranks together
+        self._order: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position, self._order = epoch, 0, None
+
+    def order(self) -> np.ndarray:
+        """This epoch's global sample order (compact dtype: memory is 4 bytes a sample)."""
+        if self._order is None:
+            dtype = np.uint32 if self.num_samples < 2**32 else np.int64
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = rng.permutation(self.num_samples).astype(dtype, copy=False)
+        return self._order
+
+    def epoch_done(self) -> bool:
+        return self.position + self.global_batch > self.num_samples
+
+    def next_step(self) -> np.ndarray:
+        """This rank's sample indices for the next step (global_batch / world_size of them)."""
+        if self.epoch_done():
+            raise StopIteration(f"epoch {self.epoch} is exhausted")
+        share = self.global_batch // self.world_size
+        first = self.position + self.rank * share
+        self.position += self.global_batch
+        return self.order()[first : first + share]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_samples"] != self.num_samples or state["seed"] != self.seed:
+            raise UserError(
+                f"the checkpoint's data order ({state['num_samples']} samples, seed {state['seed']}) does "
+                f"not match this run's ({self.num_samples}, seed {self.seed}): data, context or stride "
+                "changed"
+            )
+        self.epoch, self.position, self._order = state["epoch"], state["position"], None

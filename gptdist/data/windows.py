@@ -1,0 +1,59 @@
+"""Training samples from the shards: windows of tokens read from the memory-mapped shards.
+
+A sample is a window of context_length + 1 tokens (input and shifted target) starting
+every `stride` tokens of a split's concatenated shards, crossing shard boundaries.
+Nothing is stored per sample: sample i starts at token i * stride.
+"""
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .shards import Manifest
+
+
+class TokenWindows:
+    """The windows of one split, read from its memory-mapped shards."""
+
+    def __init__(self, manifest: Manifest, split: str, context_length: int, stride: int):
+        self.paths = manifest.shard_paths(split)
+        self.dtype = manifest.dtype
+        self.split, self.folder, self.vocab_size = split, manifest.folder, manifest.vocab_size
+        self.window = context_length + 1
+        self.stride = stride
+        lengths = np.array(manifest.shard_lengths(split), dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)])  # token offset of each shard
+        self.total_tokens = int(self.starts[-1])
+        self.num_samples = max(0, (self.total_tokens - self.window) // stride + 1)
+        if self.num_samples == 0:
+            raise UserError(
+                f"the {split} split of {manifest.folder} has {self.total_tokens} tokens, too few for one "
+                f"sample of context_length + 1 = {self.window}; lower model.context_length or add data"
+            )
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """A (len(indices), context_length + 1) int64 tensor of the given samples."""
+        out = np.empty((len(indices), self.window), dtype=np.int64)
+        # The memmaps are opened per batch and dropped, not kept: pages of a long-lived map
+        # stay resident and count against the process, so its memory would grow with the corpus.
+        maps: dict[int, np.memmap] = {}
+        for row, index in enumerate(indices):
+            start = int(index) * self.stride
+            end = start + self.window
+            shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+            filled = 0
+            while filled < self.window:
+                if shard not in maps:
+                    maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r")
+                lo = start + filled - self.starts[shard]
+                hi = min(end - self.starts[shard], self.starts[shard + 1] - self.starts[shard])
+                out[row, filled : filled + hi - lo] = maps[shard][lo:hi]
+                filled += hi - lo
+                shard += 1
+        # An id past the vocabulary would crash the embedding lookup (on a GPU: a device-side
+        # assert that takes the process group down). data.verify checks at start; this, always.
+        if len(out) and out.max() >= self.vocab_size:
+            raise UserError(f"the {self.split} split of {self.folder} holds token id {int(out.max())} >= "
+                            f"vocab_size {self.vocab_size}: the shards are damaged; python -m "
+                            f"gptdist.prepare --verify {self.folder} names the shard")
+        return torch.from_numpy(out)

@@ -1,0 +1,1 @@
+"""Evaluation: loss and perplexity on prepared data, and HellaSwag accuracy."""

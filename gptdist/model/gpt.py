@@ -1,0 +1,168 @@
+"""The GPT-2 model of the book's chapter 4, read top-down: attention -> MLP -> block -> GPT.
+
+Parameter names follow the book (tok_emb, pos_emb, trf_blocks.N.att, .ff, .norm1,
+.norm2, final_norm, out_head), except that the query/key/value projections are one
+fused `att.qkv` linear layer -- exactly OpenAI's `c_attn`, and one matmul instead of three --
+and that the MLP's layers are named `ff.fc` and `ff.proj` (GPT-2's c_fc and c_proj).
+
+Each module initialises its own weights (`init_weights`): a layer whose output is added to
+the residual stream knows it, and scales its init down with the depth, as GPT-2 does.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import UserError
+
+STD = 0.02  # GPT-2's init of every weight matrix
+
+
+def init_linear(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.drop_rate
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.bias)
+
+    def init_weights(self, residual_std: float) -> None:
+        init_linear(self.qkv, STD)
+        init_linear(self.out_proj, residual_std)  # its output joins the residual stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        # (b, t, 3*d) -> 3 x (b, heads, t, head_dim)
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class FeedForward(nn.Module):
+    """The 4x-wide MLP with GELU (tanh approximation, as GPT-2)."""
+
+    # Checkpoints written before these layers had names (formats 1 and 2) call them by position.
+    POSITIONAL_NAMES = {"layers.0.": "fc.", "layers.2.": "proj."}  # then: now
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, bias=cfg.bias)
+
+    def init_weights(self, residual_std: float) -> None:
+        init_linear(self.fc, STD)
+        init_linear(self.proj, residual_std)  # its output joins the residual stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.gelu(self.fc(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.att = MultiHeadAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def init_weights(self, residual_std: float) -> None:
+        self.norm1.reset_parameters()  # ones and zeros
+        self.att.init_weights(residual_std)
+        self.norm2.reset_parameters()
+        self.ff.init_weights(residual_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    """Token + position embeddings, n_layers blocks, final norm, linear head to vocabulary logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.emb_dim % cfg.n_heads:
+            raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
+        self.cfg = cfg
+        # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs. The padded
+        # logits get a fixed -inf bias (added inside the matmul, so it costs nothing) or are sliced
+        # off (model.vocab_padding): softmax, loss and sampling then see exactly the vocab_size
+        # real tokens, as GPT-2 does.
+        self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
+        padding_bias = torch.zeros(self.padded_vocab)
+        padding_bias[cfg.vocab_size :] = float("-inf")
+        self.register_buffer("padding_bias", padding_bias, persistent=False)
+        self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.out_head = nn.Linear(cfg.emb_dim, self.padded_vocab, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    def reset_parameters(self) -> None:
+        """model.init "gpt2": GPT-2's N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers).
+
+        "torch": each layer's PyTorch default, as the book's GPTModel has it (N(0, 1) embeddings);
+        on a small corpus it memorises much faster, which chapter 5's run shows.
+        """
+        if self.cfg.init == "torch":
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                    module.reset_parameters()
+            return
+        # Two residual additions per block, each adding its projection's variance: GPT-2 keeps the
+        # stream's scale by shrinking those projections with the depth.
+        residual_std = STD / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_emb.weight, std=STD)
+        nn.init.normal_(self.pos_emb.weight, std=STD)
+        for block in self.trf_blocks:
+            block.init_weights(residual_std)
+        self.final_norm.reset_parameters()
+        nn.init.normal_(self.out_head.weight, std=STD)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        tokens = idx.shape[1]
+        if tokens > self.cfg.context_length:
+            raise ValueError(f"sequence of {tokens} tokens exceeds the context length "
+                             f"{self.cfg.context_length}")
+        positions = torch.arange(tokens, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
+        x = self.final_norm(self.trf_blocks(x))
+        if self.padded_vocab == self.cfg.vocab_size:
+            return self.out_head(x)
+        if self.cfg.vocab_padding == "slice":
+            return self.out_head(x)[..., : self.cfg.vocab_size]
+        return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
+
+    def matmul_params(self) -> int:
+        """The parameters that multiply every token (for FLOP counts): all but the embedding lookups.
+
+        An untied token embedding is a lookup, not a matmul; tied, it is also the head and counts.
+        """
+        token_lookups = 0 if self.cfg.tie_embeddings else self.tok_emb.weight.numel()
+        lookups = self.pos_emb.weight.numel() + token_lookups
+        return self.num_params() - lookups
+

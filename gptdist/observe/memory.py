@@ -1,0 +1,65 @@
+"""Where a rank's training memory goes, counted from the tensors themselves (any device).
+
+- `state_bytes`: what lives through the whole run, per rank: parameters, gradients and the
+  optimizer's state (this rank's shards under fsdp).
+- `SavedForBackward`: what one forward keeps alive for its backward: the tensors autograd
+  saves (each storage once, the parameters left out) and, under activation checkpointing, the
+  block inputs kept for the recomputation. This is the part that grows with batch and context.
+"""
+
+import torch
+from torch import nn
+
+from ..distributed import local_tensor
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in map(local_tensor, tensors))
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    params = list(model.parameters())
+    moments = [v for state in optimizer.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0]  # the scalar step counts are negligible
+    return {"parameters": _bytes(params), "gradients": _bytes(p.grad for p in params if p.grad is not None),
+            "optimizer": _bytes(moments)}
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    return local_tensor(tensor).untyped_storage().data_ptr()
+
+
+class SavedForBackward:
+    """with SavedForBackward(model) as saved: loss = ...  -> saved.bytes (read before the backward)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.storages: dict[int, torch.UntypedStorage] = {}
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, torch.Tensor):  # a block's arguments may include other values
+            self.storages.setdefault(_storage_key(tensor), local_tensor(tensor).untyped_storage())
+        return tensor
+
+    def _keep_inputs(self, block: nn.Module, args: tuple) -> None:
+        for tensor in args:
+            self._keep(tensor)
+
+    def __enter__(self):
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._keep, lambda tensor: tensor)
+        self.hooks.__enter__()
+        # A checkpointed block keeps its input for the recomputation, outside autograd's saved tensors.
+        self.handles = [block.register_forward_pre_hook(self._keep_inputs) for block in self.model.trf_blocks
+                        if hasattr(block, "_checkpoint_wrapped_module")]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+        for handle in self.handles:
+            handle.remove()
+
+    @property
+    def bytes(self) -> int:
+        """Measured when read: FSDP's gathered weights, freed after each block's forward, count 0 by then."""
+        params = {_storage_key(p) for p in self.model.parameters()}
+        return sum(storage.nbytes() for key, storage in self.storages.items() if key not in params)

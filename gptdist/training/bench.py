@@ -1,0 +1,210 @@
+"""The training benchmarks of `python -m gptdist.bench`: the Trainer's step, what a checkpoint
+costs it, and where a rank's memory goes. Each runs the real Trainer of a config, in a temporary
+run.out_dir that it removes afterwards.
+"""
+
+import contextlib
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .. import config, distributed
+from ..checkpoint.checkpointer import Checkpointer
+from ..checkpoint.store import checkpoint_paths
+from ..observe.flops import flops_per_token
+from ..observe.memory import SavedForBackward, state_bytes
+from ..observe.throughput import synchronize
+from . import precision
+from .stopping import StopRequest
+from .trainer import Trainer
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return round(time.perf_counter() - start, 3)
+
+
+@contextlib.contextmanager
+def bench_trainer(args, max_steps: int | None = None):
+    """The Trainer of the config and overrides in `args`, in a temporary run.out_dir (it never
+    resumes, never writes into a run), removed afterwards; `max_steps` for the schedule."""
+    cfg = config.load(args.config, args.overrides)
+    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, ctx)
+        yield trainer
+        trainer.close()
+    finally:
+        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        distributed.teardown()
+
+
+def bench_train(args) -> dict:
+    """The Trainer's own step and the stop agreement, as fit runs them, timed."""
+    with bench_trainer(args, max_steps=args.warmup + args.steps) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
+        stop = StopRequest(ctx)
+        trainer.model.train()
+        stop_seconds = 0.0
+        start = time.perf_counter()
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                synchronize(ctx.device)
+                distributed.barrier()
+                if ctx.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(ctx.device)
+                trainer.data_seconds = stop_seconds = 0.0
+                start = time.perf_counter()
+            loss, _ = trainer.step()
+            stop_start = time.perf_counter()
+            stop.agreed()
+            stop_seconds += time.perf_counter() - stop_start
+            if step == 0:  # compilation and warm-up: the time to the first step
+                synchronize(ctx.device)
+                first_step_s = round(time.perf_counter() - start, 3)
+        loss = loss.item()  # waits for the last step
+        step_seconds = (time.perf_counter() - start) / args.steps
+        stop.finish()
+        peak_mb = peak_memory_mb(ctx.device)
+        eval_s = [timed(trainer.evaluator.losses) for _ in range(2)] if args.eval else []
+        tokens_per_step = trainer.progress.global_batch * cfg.model.context_length
+        # MFU against the peak that training logs against (measured at its start on a CPU)
+        peak, peak_source = ((args.peak_tflops * 1e12, "given") if args.peak_tflops else
+                             (trainer.throughput.peak_flops, trainer.throughput.peak_source))
+        achieved = flops_per_token(trainer.model) * tokens_per_step / ctx.world_size / step_seconds
+        result = {
+            "benchmark": "train", "config": args.config, "overrides": args.overrides,
+            "device": str(ctx.device),
+            "gpu": device_name(ctx.device), "torch": torch.__version__,
+            "world_size": ctx.world_size, "precision": precision.name(trainer.dtype),
+            "compile": cfg.train.compile, "parameters": trainer.model.num_params(),
+            "micro_batch_size": cfg.train.micro_batch_size, "grad_accum_steps": trainer.loader.grad_accum,
+            "tokens_per_step": tokens_per_step, "steps": args.steps, "ms_per_step": 1000 * step_seconds,
+            "tokens_per_sec": tokens_per_step / step_seconds,
+            "tokens_per_sec_per_process": tokens_per_step / step_seconds / ctx.world_size,
+            "data_ms_per_step": 1000 * trainer.data_seconds / args.steps,
+            "data_share": trainer.data_seconds / args.steps / step_seconds,
+            "stop_check_ms_per_step": 1000 * stop_seconds / args.steps,
+            "peak_memory_mb": peak_mb, "flops_per_token": flops_per_token(trainer.model),
+            "peak_flops": peak, "peak_source": peak_source, "mfu": achieved / peak, "final_loss": loss,
+            **trainer.startup, "first_step_s": first_step_s, "eval_s": eval_s,
+            "threads": torch.get_num_threads(),
+        }
+        return result
+
+
+def bench_checkpoint(args) -> dict:
+    """What a save costs training: blocking (write before going on) vs background (snapshot only)."""
+    with bench_trainer(args) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
+        for _ in range(2):  # AdamW's moments exist after a step: a checkpoint of its real size
+            trainer.step()
+        synchronize(ctx.device)
+        folder, config_dict = Path(cfg.run.out_dir) / "checkpoints", cfg.to_dict()
+
+        def save(saver: Checkpointer, step: int) -> float:
+            """Seconds until training could go on."""
+            distributed.barrier()
+            start = time.perf_counter()
+            saver.save(step, trainer.states, config_dict, {"step": step})
+            return time.perf_counter() - start
+
+        blocking = Checkpointer(folder, 1, ctx, background=False)
+        blocking_s = [save(blocking, step) for step in range(args.rounds)]
+        blocking.close()
+        background = Checkpointer(folder, 1, ctx, background=True)
+        stall_s, write_s = [], []
+        for step in range(args.rounds):
+            stall_s.append(save(background, args.rounds + step))
+            saved = background.wait()
+            if saved is not None:
+                write_s.append(saved.write_s)
+        # Training with a save every --interval steps against training without, in alternating blocks
+        # of --interval steps in this one process, so that drift in the machine hits both alike.
+        with_saves, without = [], []
+        for pair in range(args.pairs):
+            for blocks, saving in ((with_saves, True), (without, False)):
+                synchronize(ctx.device)
+                start = time.perf_counter()
+                if saving:
+                    background.save(2 * args.rounds + pair, trainer.states, config_dict, {"step": pair})
+                for _ in range(args.interval):
+                    trainer.step()
+                background.wait()  # a write longer than the block would hold up the next save: counted
+                synchronize(ctx.device)
+                blocks.append(time.perf_counter() - start)
+        background.close()
+        size = checkpoint_paths(folder)[-1].stat().st_size if ctx.is_main else 0
+        # the first background save allocates the snapshot's buffers: the later ones are the steady state
+        steady = stall_s[1:] or stall_s
+        result = {"benchmark": "checkpoint", "config": args.config, "overrides": args.overrides,
+                  "device": str(ctx.device), "world_size": ctx.world_size,
+                  "parameters": trainer.model.num_params(),
+                  "bytes": size, "snapshot_host_bytes": background.snapshot.bytes, "rounds": args.rounds,
+                  "blocking_s": statistics.median(blocking_s), "stall_s": statistics.median(steady),
+                  "first_stall_s": stall_s[0], "write_s": statistics.median(write_s) if write_s else None}
+        result["stall_vs_blocking"] = result["stall_s"] / result["blocking_s"]
+        if args.pairs:
+            result.update({"interval": args.interval, "pairs": args.pairs, "block_s_with_save": with_saves,
+                           "block_s_without": without,
+                           "training_overhead": sum(with_saves) / sum(without) - 1})
+        return result
+
+
+def bench_memory(args) -> dict:
+    """Per rank: the state kept through the run, what one micro-batch's forward keeps for its
+    backward (gptdist/observe/memory.py), and the time of a step; the largest rank's figures."""
+    with bench_trainer(args, max_steps=args.steps + 3) as trainer:
+        cfg, ctx = trainer.cfg, trainer.ctx
+        trainer.model.train()
+        for _ in range(2):  # AdamW's moments exist after a step; compilation is done
+            trainer.step()
+        batch = trainer.loader.next()[0]
+        with SavedForBackward(trainer.model) as saved, trainer.autocast:
+            loss = trainer.parallel.loss(batch[:, :-1], batch[:, 1:])
+        activations = saved.bytes
+        loss.backward()
+        state = state_bytes(trainer.model, trainer.optimizer)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        synchronize(ctx.device)
+        distributed.barrier()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.step()
+        synchronize(ctx.device)
+        step_seconds = (time.perf_counter() - start) / args.steps
+        figures = torch.tensor([*state.values(), activations, step_seconds, peak_memory_mb(ctx.device)],
+                               dtype=torch.float64)
+        largest = distributed.all_reduce_max(figures).tolist()
+        params_b, grads_b, optim_b, activations_b, step_s, peak_mb = largest
+        mib = 2**20
+        result = {"benchmark": "memory", "config": args.config, "overrides": args.overrides,
+                  "device": str(ctx.device), "world_size": ctx.world_size, "parallel": cfg.train.parallel,
+                  "activation_checkpointing": cfg.train.activation_checkpointing,
+                  "precision": precision.name(trainer.dtype), "parameters": trainer.model.num_params(),
+                  "micro_batch_size": cfg.train.micro_batch_size, "context_length": cfg.model.context_length,
+                  "parameters_mb": params_b / mib, "gradients_mb": grads_b / mib,
+                  "optimizer_mb": optim_b / mib,
+                  "state_mb": (params_b + grads_b + optim_b) / mib, "activations_mb": activations_b / mib,
+                  "ms_per_step": 1000 * step_s, "peak_memory_mb": peak_mb}
+        return result

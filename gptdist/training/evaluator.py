@@ -1,0 +1,60 @@
+"""What a run measures besides its training loss: the loss on both splits, a sample, and HellaSwag.
+
+Every rank takes part in each (under fsdp every forward gathers the weights from all of them)
+and gets the same result; the Trainer hands it to the RunLog, which records it on rank 0.
+"""
+
+import time
+
+from torch import nn
+
+from ..config import Config
+from ..data.windows import TokenWindows
+from ..distributed import Dist
+from ..evaluation import hellaswag
+from ..evaluation.perplexity import evaluate_loss, perplexity
+from ..model.sampling import complete, prompt_ids
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, ctx: Dist, loss: nn.Module, model: nn.Module, autocast,
+                 train_data: TokenWindows, val_data: TokenWindows):
+        """`loss` is the training loss as compiled and wrapped (evaluation runs through it), `model` the
+        model it computes."""
+        self.cfg, self.ctx, self.loss, self.model, self.autocast = cfg, ctx, loss, model, autocast
+        self.splits = {"train": train_data, "val": val_data}
+        prompt_ids(cfg.sample.prompt, cfg.model.vocab_size, "sample.prompt")  # checked now, not at a sample
+        self.hellaswag_items = None  # tokenized once, now: offline, an error now and not at the first score
+        if cfg.eval.hellaswag_interval:
+            self.hellaswag_items = hellaswag.load(cfg.eval.hellaswag_file, cfg.eval.hellaswag_items, ctx)
+
+    def losses(self) -> tuple[float, float]:
+        """Train and val loss on eval.batches batches of each split, through the compiled training loss."""
+        batches, micro = self.cfg.eval.batches, self.cfg.train.micro_batch_size
+        return tuple(evaluate_loss(self.loss, windows, batches, micro, self.ctx, self.autocast)
+                     for windows in self.splits.values())
+
+    def evaluate(self) -> tuple[dict, str]:
+        """(train_loss, val_loss, val_ppl and the seconds they took, a sample from sample.prompt)."""
+        start = time.perf_counter()
+        train_loss, val_loss = self.losses()
+        row = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss),
+               "eval_s": round(time.perf_counter() - start, 3)}
+        return row, self.sample()
+
+    def sample(self) -> str:
+        sample = self.cfg.sample
+        with self.autocast:
+            return complete(self.model, sample.prompt, sample.max_new_tokens, sample.temperature,
+                            sample.top_k, self.cfg.run.seed, self.ctx.device)
+
+    def hellaswag(self) -> dict | None:
+        """HellaSwag accuracy of the model now (every rank scores its share); None without
+        eval.hellaswag_interval."""
+        if self.hellaswag_items is None:
+            return None
+        start = time.perf_counter()
+        scores = hellaswag.score(self.model, self.hellaswag_items, self.ctx, self.autocast,
+                                 self.cfg.train.micro_batch_size)
+        return {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"],
+                "hellaswag_items": scores["items"], "hellaswag_s": round(time.perf_counter() - start, 3)}
