@@ -17,7 +17,6 @@ import torch
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.store import checkpoint_paths
-from ..observe.flops import flops_per_token
 from ..observe.memory import SavedForBackward, state_bytes
 from ..observe.throughput import synchronize
 from . import precision
@@ -87,11 +86,13 @@ def bench_train(args) -> dict:
         stop.finish()
         peak_mb = peak_memory_mb(ctx.device)
         eval_s = [timed(trainer.evaluator.losses) for _ in range(2)] if args.eval else []
-        tokens_per_step = trainer.progress.global_batch * cfg.model.context_length
-        # MFU against the peak that training logs against (measured at its start on a CPU)
+        # the figures training logs with: tokens per step, FLOPs per token and (unless given) the peak,
+        # measured at its start on a CPU
+        clock = trainer.throughput
+        tokens_per_step = clock.tokens_per_step
         peak, peak_source = ((args.peak_tflops * 1e12, "given") if args.peak_tflops else
-                             (trainer.throughput.peak_flops, trainer.throughput.peak_source))
-        achieved = flops_per_token(trainer.model) * tokens_per_step / ctx.world_size / step_seconds
+                             (clock.peak_flops, clock.peak_source))
+        achieved = clock.flops_per_token * tokens_per_step / ctx.world_size / step_seconds
         result = {
             "benchmark": "train", "config": args.config, "overrides": args.overrides,
             "device": str(ctx.device),
@@ -105,7 +106,7 @@ def bench_train(args) -> dict:
             "data_ms_per_step": 1000 * trainer.data_seconds / args.steps,
             "data_share": trainer.data_seconds / args.steps / step_seconds,
             "stop_check_ms_per_step": 1000 * stop_seconds / args.steps,
-            "peak_memory_mb": peak_mb, "flops_per_token": flops_per_token(trainer.model),
+            "peak_memory_mb": peak_mb, "flops_per_token": clock.flops_per_token,
             "peak_flops": peak, "peak_source": peak_source, "mfu": achieved / peak, "final_loss": loss,
             **trainer.startup, "first_step_s": first_step_s, "eval_s": eval_s,
             "threads": torch.get_num_threads(),
