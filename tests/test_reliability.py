@@ -201,7 +201,7 @@ def test_sigusr1_during_a_background_write_exits_0_with_both_checkpoints_durable
         store.read(path)
     events = [r for r in metrics_rows(out) if r.get("event") == "checkpoint"]
     assert [e["step"] for e in events] == [store.step_of(p) for p in paths]
-    assert all(e["write_s"] >= 3 and e["stall_s"] < e["write_s"] and e["bytes"] > 0 for e in events)
+    assert all(e["write_s"] >= 3 and e["stall_s"] < e["write_s"] and e["bytes"] > 0 for e in events), events
 
 
 @pytest.mark.parametrize("when", ["final save", "background write"])
