@@ -1,11 +1,16 @@
 """Command-line parsing for every gptdist command: a mistake is one line naming the flag and the range.
 
 argparse would print its usage before the error; gptdist's commands say only what was wrong
-(`--help` still prints the usage), and check numbers where they enter.
+(`--help` still prints the usage), and check values where they enter. Every flag that takes a
+value declares what it is through its type: a `Number` with its range, a `Text`, a `PathArgument`
+that the command reads or writes, or a fixed set of `choices` (tests/test_bad_input.py tries every
+flag with values outside each declaration).
 """
 
 import argparse
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .errors import UserError
 
@@ -15,29 +20,50 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(message)  # main's @cli prints it as one line and exits 2
 
 
-def _number(kind, description: str, valid):
-    def parse(text: str):
+@dataclass(frozen=True)
+class Number:
+    """A number flag: its `kind` (int or float) and the range it must lie in, worded as the error says it."""
+
+    kind: type
+    description: str
+    valid: Callable[[float], bool]
+
+    def __call__(self, text: str):
         try:
-            value = kind(text)
+            value = self.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
-                                             f"{text!r}") \
-                from None
-        if not valid(value):
-            raise argparse.ArgumentTypeError(f"{value} is out of range (must be {description})")
+            expected = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not self.valid(value):
+            raise argparse.ArgumentTypeError(f"{value} is out of range (must be {self.description})")
         return value
 
-    return parse
+
+@dataclass(frozen=True)
+class Text:
+    """A flag of free text, which must not be empty (a prompt, a dataset's name or column)."""
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError("is empty")
+        return text
 
 
-positive_int = _number(int, "> 0", lambda v: v > 0)
-non_negative_int = _number(int, ">= 0", lambda v: v >= 0)
-positive_float = _number(float, "finite and > 0", lambda v: math.isfinite(v) and v > 0)
-non_negative_float = _number(float, "finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
-fraction = _number(float, "between 0 and 1", lambda v: 0 < v < 1)
+@dataclass(frozen=True)
+class PathArgument(Text):
+    """A path flag: what the command does with it (`role`: INPUT, it reads it; OUTPUT, it writes it)."""
+
+    role: str
 
 
-def non_empty_text(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("is empty")
-    return text
+INPUT, OUTPUT = "input", "output"
+
+positive_int = Number(int, "> 0", lambda v: v > 0)
+non_negative_int = Number(int, ">= 0", lambda v: v >= 0)
+positive_float = Number(float, "finite and > 0", lambda v: math.isfinite(v) and v > 0)
+non_negative_float = Number(float, "finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
+fraction = Number(float, "between 0 and 1", lambda v: 0 < v < 1)
+seed = Number(int, "in [0, 2**32)", lambda v: 0 <= v < 2**32)  # what every generator seeded from it takes
+text = Text()
+input_path = PathArgument(INPUT)
+output_path = PathArgument(OUTPUT)

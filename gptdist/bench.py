@@ -18,7 +18,7 @@ import os
 import sys
 
 from . import distributed
-from .arguments import ArgumentParser, non_negative_int, positive_float, positive_int
+from .arguments import ArgumentParser, input_path, non_negative_int, positive_float, positive_int
 from .data import bench as data_bench
 from .errors import cli
 from .training import bench as training_bench
@@ -31,7 +31,7 @@ def print_table(result: dict) -> None:
         print(f"{key:<{width}}  {shown}", file=sys.stderr)
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gptdist.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     train = sub.add_parser("train", help="the training step of a config")
@@ -42,7 +42,7 @@ def parse_args(argv=None):
                                            "activations")
     memory.add_argument("--steps", type=positive_int, default=5, help="timed steps")
     for p in (train, data, save, memory):
-        p.add_argument("--config", required=True)
+        p.add_argument("--config", required=True, type=input_path)
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
     train.add_argument("--steps", type=positive_int, default=20, help="timed steps")
     train.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (compilation, "
@@ -61,7 +61,11 @@ def parse_args(argv=None):
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
     prep.add_argument("--megabytes", type=positive_int, default=64)
     prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 @cli("gptdist.bench")

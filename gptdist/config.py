@@ -50,6 +50,7 @@ FINITE_NON_NEGATIVE = Range("finite and >= 0", lambda v: math.isfinite(v) and v 
 PROBABILITY = Range("in [0, 1)", lambda v: 0 <= v < 1)
 BETAS = Range("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
 NON_EMPTY = Range("a non-empty text", lambda v: v != "")
+SEED = Range("in [0, 2**32)", lambda v: 0 <= v < 2**32)  # what every generator seeded from it takes
 
 # What a model key is to the weights (an option's `architecture`). Both kinds shape them, so a
 # checkpoint resumes only with the same value. model.init_from takes a SOURCE key's value from its
@@ -58,10 +59,17 @@ SHAPE = "shape"
 SOURCE = "source"
 
 
-def option(default=None, check: Range | None = None, *, architecture: str | None = None, factory=None):
+RESUME_MODES = ("auto", "never")  # checkpoint.resume's values that are not paths
+
+# What a path key is to a run (an option's `path`): something it reads, or the folder it writes.
+INPUT, OUTPUT = "input", "output"
+
+
+def option(default=None, check: Range | None = None, *, architecture: str | None = None,
+           path: str | None = None, factory=None):
     """A config field: its default (or a `factory` for mutable ones), the Range its values must lie
-    in, and for model keys SHAPE or SOURCE."""
-    metadata = {"check": check, "architecture": architecture}
+    in, for model keys SHAPE or SOURCE, and for path keys INPUT or OUTPUT."""
+    metadata = {"check": check, "architecture": architecture, "path": path}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -69,13 +77,14 @@ def option(default=None, check: Range | None = None, *, architecture: str | None
 
 @dataclass
 class RunConfig:
-    out_dir: str = "out/run"  # checkpoints, metrics.jsonl, config.yaml, loss.png go here
-    seed: int = 1337  # seeds weights, dropout and the data order
+    # checkpoints, metrics.jsonl, config.yaml, loss.png go here; never one of the run's INPUT paths
+    out_dir: str = option("out/run", NON_EMPTY, path=OUTPUT)
+    seed: int = option(1337, SEED)  # seeds weights, dropout and the data order
 
 
 @dataclass
 class DataConfig:
-    dir: str = "data/verdict"  # a folder made by `python -m gptdist.prepare`
+    dir: str = option("data/verdict", NON_EMPTY, path=INPUT)  # a folder made by `python -m gptdist.prepare`
     # tokens between sample starts; None: context_length (no overlap)
     stride: int | None = option(None, POSITIVE)
     verify: bool = True  # check every shard's sha256 and token ids at start (one read of the data)
@@ -83,7 +92,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str | None = None  # gpt2-small|medium|large|xl or a small CPU preset; keys below override it
+    # gpt2-small|medium|large|xl or a small CPU preset; keys below override it
+    preset: Literal[tuple(PRESETS)] | None = None
     vocab_size: int = option(GPT2_VOCAB_SIZE, POSITIVE, architecture=SOURCE)
     # embedding/head rows padded to a multiple (50,257 -> 50,304); logits stay vocab_size
     vocab_multiple: int = option(64, POSITIVE, architecture=SHAPE)
@@ -102,7 +112,7 @@ class ModelConfig:
     # Start from pretrained weights (their architecture replaces the SOURCE keys above; dropout, padding
     # and a shorter context stay this config's): gpt2-124M|355M|774M|1558M (OpenAI's, downloaded), a
     # folder of OpenAI or Hugging Face GPT-2 files, or a gptdist checkpoint or run folder.
-    init_from: str | None = None
+    init_from: str | None = option(None, NON_EMPTY, path=INPUT)
 
 
 @dataclass
@@ -163,7 +173,7 @@ class EvalConfig:
     # optimizer steps between HellaSwag scores (and at the end); None: never
     hellaswag_interval: int | None = option(None, POSITIVE)
     # a file in HellaSwag's JSONL format; None: the official validation set (downloaded)
-    hellaswag_file: str | None = None
+    hellaswag_file: str | None = option(None, NON_EMPTY, path=INPUT)
     # score only the first N items; None: all (10,042 in the validation set)
     hellaswag_items: int | None = option(None, POSITIVE)
 
@@ -172,7 +182,8 @@ class EvalConfig:
 class CheckpointConfig:
     interval: int = option(500, POSITIVE)  # optimizer steps between checkpoints (and at the end)
     keep: int = option(3, AT_LEAST_ONE)  # the newest checkpoints kept
-    resume: str = "auto"  # auto: from the newest checkpoint in out_dir; never; or a checkpoint path
+    # auto: from the newest checkpoint in out_dir; never; or a checkpoint path (RESUME_MODES are no paths)
+    resume: str = option("auto", NON_EMPTY, path=INPUT)
     # `checkpoint.async` (a Python keyword, hence the _): write in the background while training goes
     # on; training stops only to copy the state into host memory. false: every save blocks until durable.
     async_: bool = True
@@ -227,6 +238,15 @@ ARCHITECTURE_KEYS = architecture_keys(SHAPE, SOURCE)  # a checkpoint must match 
 PRETRAINED_KEYS = architecture_keys(SOURCE)  # what model.init_from takes from its source
 
 
+def path_keys(cfg: Config, role: str) -> list[tuple[str, str]]:
+    """(key, value) of every path key declared `role` (INPUT or OUTPUT) that `cfg` sets to a path."""
+    keys = [(f"{section}.{key_of(f.name)}", getattr(getattr(cfg, section), f.name))
+            for section in typing.get_type_hints(Config) for f in dataclasses.fields(getattr(cfg, section))
+            if f.metadata.get("path") == role]
+    return [(key, value) for key, value in keys
+            if value is not None and not (key == "checkpoint.resume" and value in RESUME_MODES)]
+
+
 def key_of(field_name: str) -> str:
     """The config key of a dataclass field: a key that is a Python keyword is a field with a trailing _."""
     return field_name[:-1] if keyword.iskeyword(field_name[:-1]) else field_name
@@ -278,7 +298,7 @@ def _with_preset(values: dict) -> dict:
     preset = values.get("preset")
     if preset is None:
         return values
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise UserError(f"config key model.preset: unknown preset {preset!r}; "
                         f"known presets: {', '.join(PRESETS)}")
     return {**PRESETS[preset], **values}

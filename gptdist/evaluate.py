@@ -13,7 +13,7 @@ HellaSwag's validation set gives GPT-2 124M acc 0.2859, acc_norm 0.2955 (one JSO
 import json
 
 from . import distributed
-from .arguments import ArgumentParser, positive_int
+from .arguments import ArgumentParser, input_path, positive_int
 from .checkpoint import pretrained
 from .data import shards
 from .data.windows import TokenWindows
@@ -24,15 +24,16 @@ from .model.loss import NextTokenLoss
 from .training import precision
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gptdist.evaluate", description=__doc__.split("\n\n")[0])
     pretrained.add_model_arguments(parser)
     parser.add_argument("--task", default="loss", choices=("loss", "hellaswag"),
                         help="loss: loss and perplexity on --data; hellaswag: accuracy on HellaSwag's "
                              "validation set")
-    parser.add_argument("--data", help="a prepared data folder (--task loss)")
-    parser.add_argument("--hellaswag-file", help="a local file in HellaSwag's JSONL format (default: the "
-                                                 "official validation set, downloaded once into the cache)")
+    parser.add_argument("--data", type=input_path, help="a prepared data folder (--task loss)")
+    parser.add_argument("--hellaswag-file", type=input_path,
+                        help="a local file in HellaSwag's JSONL format (default: the official validation "
+                             "set, downloaded once into the cache)")
     parser.add_argument("--limit", type=positive_int, help="--task hellaswag: score only the first N items")
     parser.add_argument("--splits", nargs="+", default=list(shards.SPLITS), choices=shards.SPLITS)
     parser.add_argument("--context-length", type=positive_int, help="window length (default: the model's)")
@@ -43,12 +44,25 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=positive_int, help="batches per rank (default: the whole split)")
     parser.add_argument("--precision", default="auto", choices=("auto", *precision.DTYPES))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+# The flags that only one task reads: given to the other, they are a mistake, not something to ignore.
+TASK_FLAGS = {"loss": ("data", "context_length", "stride", "batches"),
+              "hellaswag": ("hellaswag_file", "limit")}
 
 
 @cli("gptdist.evaluate")
 def main(argv=None) -> None:
     args = parse_args(argv)
+    for task, names in TASK_FLAGS.items():
+        given = [name for name in names if getattr(args, name) is not None]
+        if given and args.task != task:
+            raise UserError(f"--{given[0].replace('_', '-')} is for --task {task}, not --task {args.task}")
     if args.task == "loss" and not args.data:
         raise UserError("--task loss needs --data (a prepared data folder)")
     ctx = distributed.setup(args.device, "--device")
@@ -67,7 +81,7 @@ def main(argv=None) -> None:
 def evaluate_splits(model, args, ctx: distributed.Dist, autocast) -> dict:
     """Loss, perplexity and sample count of every --splits split of --data."""
     manifest = shards.read_manifest(args.data)
-    manifest.check_vocabulary(model.cfg.vocab_size)
+    manifest.check_vocabulary(model.cfg.vocab_size, "the model's vocabulary")
     context = args.context_length or model.cfg.context_length
     if context > model.cfg.context_length:
         raise UserError(f"--context-length {context} exceeds the model's {model.cfg.context_length}")

@@ -6,40 +6,49 @@ The folder holds config.json, model.safetensors and GPT-2's tokenizer files (voc
 merges.txt, tokenizer_config.json): AutoModelForCausalLM.from_pretrained(DIR) and
 AutoTokenizer.from_pretrained(DIR) load it with no network, and its logits are gptdist's.
 It is written as a temporary folder beside DIR and renamed when complete: DIR is never
-half-written, and an existing DIR is replaced only with --overwrite, once the new one is whole.
+half-written. An existing DIR is replaced only with --overwrite, only when it holds nothing but
+an earlier export's files, and never when it is, holds or lies inside the weights it exports
+(gptdist/replace.py), once the new one is whole.
 """
 
 from pathlib import Path
 
-from .arguments import ArgumentParser
+from .arguments import ArgumentParser, output_path
 from .checkpoint import pretrained
 from .errors import cli
-from .fs import replace_folder
 from .model import hf
+from .replace import Kind, check_apart, replace_folder
 from .training import precision
 
+EXPORT = Kind("an export folder", "export", hf.files_not_exported)
 
-def parse_args(argv=None):
+
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gptdist.export", description=__doc__.split("\n\n")[0])
     pretrained.add_model_arguments(parser)
-    parser.add_argument("--out", required=True, help="the folder to write (must not exist, unless "
-                                                     "--overwrite)")
+    parser.add_argument("--out", required=True, type=output_path,
+                        help="the folder to write (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--dtype", default="fp32", choices=tuple(precision.DTYPES),
                         help="the weights' type in model.safetensors (default fp32, as trained)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 @cli("gptdist.export")
 def main(argv=None) -> None:
     args = parse_args(argv)
     hf.safetensors_torch()  # without it: one line saying what to install, before any work
+    out = Path(args.out)
+    check_apart(out, [("--checkpoint", args.checkpoint), ("--gpt2-dir", args.gpt2_dir)], "--out")
     cfg, state, source = pretrained.weights_from_arguments(args)
     hf.check_exportable(cfg)
     dtype = precision.DTYPES[args.dtype]
     tokenizer = hf.tokenizer_files(cfg.context_length)
-    out = Path(args.out)
-    replace_folder(out, args.overwrite, lambda folder: hf.write(folder, cfg, state, dtype, tokenizer))
+    replace_folder(out, EXPORT, args.overwrite, lambda folder: hf.write(folder, cfg, state, dtype, tokenizer))
     params = sum(t.numel() for t in state.values()) / 1e6
     print(f"exported {source} ({params:.1f}M parameters, {args.dtype}) to {out}")
 

@@ -9,24 +9,28 @@ Temperature scaling and top-k filtering as in the book; greedy with --temperatur
 
 import torch
 
-from .arguments import ArgumentParser, non_empty_text, non_negative_float, non_negative_int, positive_int
+from .arguments import ArgumentParser, non_negative_float, non_negative_int, positive_int, seed, text
 from .checkpoint import pretrained
 from .distributed import pick_device
 from .errors import cli
 from .model.sampling import complete
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gptdist.generate", description=__doc__.split("\n\n")[0])
     pretrained.add_model_arguments(parser)
-    parser.add_argument("--prompt", type=non_empty_text, default="Every effort moves you")
+    parser.add_argument("--prompt", type=text, default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=positive_int, default=50)
     parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0: greedy")
     parser.add_argument("--top-k", type=non_negative_int, default=50, help="sample among the k likeliest "
                                                                            "tokens (0: all)")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=seed, default=123)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 @cli("gptdist.generate")

@@ -8,7 +8,7 @@
 The work is gptdist/data/prepare.py's; the shard format is gptdist/data/shards.py's.
 """
 
-from .arguments import ArgumentParser, fraction, positive_int
+from .arguments import ArgumentParser, fraction, input_path, output_path, positive_int, seed, text
 from .data import corpus, shards
 from .data.prepare import PrepareOptions, prepare
 from .errors import cli
@@ -30,36 +30,45 @@ def summary(manifest: dict, out: str, seconds: float) -> str:
     return line
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     defaults = PrepareOptions(out="")
     parser = ArgumentParser(prog="gptdist.prepare", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders (*.txt, recursive), "
-                                                                   "globs")
-    source.add_argument("--dataset", help="a known dataset, downloaded and cached: "
-                                          f"{', '.join(corpus.DATASETS)}")
-    source.add_argument("--hf", metavar="NAME", help="a Hugging Face dataset (streamed), or "
+    source.add_argument("--input", nargs="+", type=input_path, metavar="PATH",
+                        help="text files, folders (*.txt, recursive), globs")
+    source.add_argument("--dataset", choices=tuple(corpus.DATASETS),
+                        help=f"a known dataset, downloaded and cached: {', '.join(corpus.DATASETS)}")
+    source.add_argument("--hf", type=text, metavar="NAME", help="a Hugging Face dataset (streamed), or "
                                                      "parquet|json|csv|text")
-    source.add_argument("--verify", metavar="DIR",
+    source.add_argument("--verify", type=input_path, metavar="DIR",
                         help="re-check a prepared folder: sizes, sha256, token ids")
-    parser.add_argument("--out", help="output folder (created atomically)")
+    parser.add_argument("--out", type=output_path, help="output folder (created atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--gutenberg", action="store_true", help="clean Project Gutenberg books")
-    parser.add_argument("--hf-config", help="the dataset's configuration name")
-    parser.add_argument("--hf-split", default=defaults.hf_split,
+    parser.add_argument("--hf-config", type=text, help="the dataset's configuration name")
+    parser.add_argument("--hf-split", type=text, default=defaults.hf_split,
                         help=f"the dataset split to read (default: {defaults.hf_split})")
-    parser.add_argument("--text-column", default=defaults.text_column,
+    parser.add_argument("--text-column", type=text, default=defaults.text_column,
                         help=f"the column holding the text (default: {defaults.text_column})")
-    parser.add_argument("--data-files", nargs="+", help="files for --hf parquet|json|csv|text")
+    parser.add_argument("--data-files", nargs="+", type=input_path,
+                        help="files for --hf parquet|json|csv|text")
     parser.add_argument("--val-fraction", type=fraction, default=defaults.val_fraction,
                         help=f"share of documents for val (default {defaults.val_fraction})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the train/val split")
+    parser.add_argument("--seed", type=seed, default=defaults.seed, help="seed of the train/val split")
     parser.add_argument("--workers", type=positive_int, default=defaults.workers, help="tokenizer processes")
     parser.add_argument("--shard-tokens", type=positive_int, default=defaults.shard_tokens, help="tokens per "
                                                                                                  "shard")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verify and not args.out:
         parser.error("--out is required")
+    for flag, value in (("--data-files", args.data_files), ("--hf-config", args.hf_config)):
+        if value is not None and not args.hf:
+            parser.error(f"{flag} is for --hf (a Hugging Face dataset or local parquet|json|csv|text files)")
     return args
 
 

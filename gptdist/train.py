@@ -14,17 +14,21 @@ import json
 import os
 
 from . import config, distributed
-from .arguments import ArgumentParser
+from .arguments import ArgumentParser, input_path
 from .errors import cli
 from .training import runlock
 from .training.trainer import Trainer
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gptdist.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="a YAML config file (see configs/)")
+    parser.add_argument("--config", type=input_path, help="a YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def report_outcome(outcome: str, step: int) -> None:
@@ -48,6 +52,7 @@ def report_outcome(outcome: str, step: int) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
+    runlock.check_apart_from_inputs(cfg)
     ctx = distributed.setup(cfg.train.device)
     try:
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it

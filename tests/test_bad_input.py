@@ -1,99 +1,220 @@
 """Every ordinary mistake, on every command: a non-zero exit, one line naming the key or flag, no traceback,
-and nothing the user had changed (an existing run and its data are compared byte for byte)."""
+and nothing the user had changed (an existing run, its data and other files, compared byte for byte).
 
+Most of the table is generated from the declarations, not kept by hand: every config key (config.py:
+its type, choices, Range and path role) gets a value of the wrong type, one out of its range and, for a
+path, one that escapes through `..` into what the user has; every flag of every command (arguments.py:
+Number, Text, PathArgument, choices) gets the same from its type. A key or flag without a declaration the
+generator knows fails `test_the_table_covers_every_key_and_flag`. The mistakes no declaration describes
+follow by hand.
+"""
+
+import argparse
+import dataclasses
 import shutil
+import types
+import typing
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, run_main, run_module, train_args
+
+from gptdist import bench, config, evaluate, export, generate, prepare, train
+from gptdist.arguments import INPUT, Number, PathArgument, Text
+from gptdist.errors import UserError
 
 CONFIG = REPO / "configs" / "verdict-tiny.yaml"
 TRAIN, GENERATE, EVALUATE = "gptdist.train", "gptdist.generate", "gptdist.evaluate"
-BENCH, PREPARE = "gptdist.bench", "gptdist.prepare"
-FROM_RUN = ["--checkpoint", "{run}"]  # generate and evaluate from the finished run
-ON_DATA = [*FROM_RUN, "--data", "{data}"]
-PREPARE_FILES = ["--input", "{tmp}", "--out", "{tmp}/out"]
+BENCH, PREPARE, EXPORT = "gptdist.bench", "gptdist.prepare", "gptdist.export"
+
+# {run} is a finished run (checkpoints at steps 1 and 2), {data} its data, {tmp} a folder of other files.
+# A command line of each command that works on them: a flag's case replaces its part of it.
+WORKING = {
+    TRAIN: ["--config", str(CONFIG)],
+    GENERATE: ["--checkpoint", "{run}"],
+    EVALUATE: ["--checkpoint", "{run}", "--data", "{data}"],
+    EXPORT: ["--checkpoint", "{run}", "--out", "{tmp}/export"],
+    PREPARE: ["--input", "{tmp}/corpus.txt", "--out", "{tmp}/prepared"],
+    **{f"{BENCH} {what}": [what, "--config", str(CONFIG)]
+       for what in ("train", "data", "checkpoint", "memory")},
+    f"{BENCH} prepare": ["prepare"],
+}
+PARSERS = {TRAIN: train, GENERATE: generate, EVALUATE: evaluate, EXPORT: export, PREPARE: prepare,
+           BENCH: bench}
+
+# A path that leaves its place: an input through a file's `..` (it exists for no reader, whatever a
+# lexical reading says), an output into what the user has.
+ESCAPING_INPUT_FLAG, ESCAPING_OUTPUT_FLAG = "{data}/manifest.json/../../run", "{tmp}/../run"
+ESCAPING_INPUT_KEY, ESCAPING_OUTPUT_KEY = "{data}/../run", "{run}/../data"
+NUMBER_TEXTS = ["0", "-1", "nan", "inf", "4294967296", "1"]  # tried in turn for a value out of range
 
 
-def out_of_range(override: str, shown: str, must: str) -> tuple:
-    """A train case whose config value is out of its range: the line names the key, value and range."""
-    key = override.split("=", 1)[0]
-    return TRAIN, [override], f"config key {key}: {shown} is out of range (must be {must})"
+# --- config keys ------------------------------------------------------------------------------
+
+def declared_keys():
+    """(key, type hint without None, Range, path role) of every config key."""
+    for section, cls in typing.get_type_hints(config.Config).items():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            hint = hints[field.name]
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+            yield (f"{section}.{config.key_of(field.name)}", hint, field.metadata.get("check"),
+                   field.metadata.get("path"))
 
 
-# (command, arguments, what the one line must say); {run} is an existing run, {data} its data, {tmp} a folder
-CASES = [
-    out_of_range("train.micro_batch_size=0", "0", "> 0"),
-    out_of_range("train.grad_accum_steps=0", "0", "> 0"),
-    out_of_range("train.max_steps=0", "0", "> 0"),
-    out_of_range("train.epochs=-2", "-2", "> 0"),
-    out_of_range("train.max_bad_steps=0", "0", "> 0"),
-    out_of_range("model.context_length=0", "0", "> 0"),
-    out_of_range("model.n_layers=0", "0", "> 0"),
-    out_of_range("model.n_heads=-1", "-1", "> 0"),
-    out_of_range("model.emb_dim=0", "0", "> 0"),
-    out_of_range("model.drop_rate=1", "1.0", "in [0, 1)"),
-    out_of_range("eval.interval=0", "0", "> 0"),
-    out_of_range("eval.batches=0", "0", "> 0"),
-    out_of_range("checkpoint.interval=0", "0", "> 0"),
-    out_of_range("checkpoint.keep=-1", "-1", "at least 1"),
-    out_of_range("logging.interval=0", "0", "> 0"),
-    out_of_range("optim.lr=0", "0.0", "finite and > 0"),
-    out_of_range("optim.lr=.inf", "inf", "finite and > 0"),
-    out_of_range("optim.lr=nan", "nan", "finite and > 0"),
-    out_of_range("optim.betas=[0.9, 1.0]", "(0.9, 1.0)", "two numbers in [0, 1)"),
-    out_of_range("schedule.min_lr=-1e-5", "-1e-05", "finite and >= 0"),
-    out_of_range("sample.temperature=-1", "-1.0", "finite and >= 0"),
-    out_of_range("sample.max_new_tokens=0", "0", "> 0"),
-    out_of_range("sample.top_k=0", "0", "> 0"),
-    out_of_range("sample.prompt=", "''", "a non-empty text"),
-    out_of_range("data.stride=0", "0", "> 0"),
+def wrong_type(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal or hint is str:
+        return "[1, 2]"
+    return {int: "many", float: "many", bool: "maybe", tuple: "many", list: "5"}[origin or hint]
+
+
+def out_of_range(hint, check) -> str | None:
+    """A value of the key's type that its Range (or its choices) refuses; None where it declares none."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "bogus"
+    if check is None:
+        return None
+    candidates = {int: NUMBER_TEXTS, float: NUMBER_TEXTS, tuple: ["[0.9, 1.0]"], str: [""]}
+    for text in candidates[typing.get_origin(hint) or hint]:
+        try:  # the value as the config reads it, if it is of the key's type
+            value = config._convert("key", yaml.safe_load(text) if text else "", hint)
+        except UserError:
+            continue
+        if not check.accepts(value):
+            return text
+    raise AssertionError(f"no value out of {check.description} among the candidates for {hint}")
+
+
+def config_cases():
+    for key, hint, check, path in declared_keys():
+        yield TRAIN, [f"{key}={wrong_type(hint)}"], key, "wrong type"
+        text = out_of_range(hint, check)
+        if text is not None:
+            yield TRAIN, [f"{key}={text}"], key, "out of range"
+        if path is not None:
+            escaping = ESCAPING_INPUT_KEY if path == INPUT else ESCAPING_OUTPUT_KEY
+            yield TRAIN, [f"{key}={escaping}"], key, "path"
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+def parsers():
+    """(command, its parser) for every command, a bench subcommand as a command of its own."""
+    for command, module in PARSERS.items():
+        parser = module.build_parser()
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subcommands:
+            yield command, parser
+        for action in subcommands:
+            for name, sub in action.choices.items():
+                yield f"{command} {name}", sub
+
+
+def hostile_values(action) -> list[tuple[str, str]]:
+    """(value, kind) for one flag, from its declaration."""
+    if action.nargs == 0:
+        return [("=yes", "wrong type")]  # a switch given a value
+    if isinstance(action.type, Number):
+        low = next(t for t in NUMBER_TEXTS if _number_refused(action.type, t))
+        return [(low, "out of range"), ("ten", "wrong type")]
+    if action.choices is not None:
+        return [("bogus", "out of range")]
+    if isinstance(action.type, PathArgument):
+        return [(ESCAPING_INPUT_FLAG if action.type.role == INPUT else ESCAPING_OUTPUT_FLAG, "path")]
+    if isinstance(action.type, Text):
+        return [("", "out of range")]
+    raise AssertionError(f"{action.option_strings[0]} declares nothing the table knows (type {action.type})")
+
+
+def _number_refused(number: Number, text: str) -> bool:
+    try:
+        return not number.valid(number.kind(text))
+    except ValueError:
+        return False
+
+
+def without(arguments: list[str], flags) -> list[str]:
+    """`arguments` without each of `flags` and the values that follow it."""
+    kept, skipping = [], False
+    for token in arguments:
+        if token.startswith("--"):
+            skipping = token in flags
+        if not skipping:
+            kept.append(token)
+    return kept
+
+
+def flag_cases():
+    for command, parser in parsers():
+        exclusive = {a: g._group_actions for g in parser._mutually_exclusive_groups for a in g._group_actions}
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0]
+            others = [f for a in exclusive.get(action, [action]) for f in a.option_strings]
+            base = without(WORKING[command], others)
+            for value, kind in hostile_values(action):
+                given = [f"{flag}{value}"] if value == "=yes" else [flag, value]
+                yield command.split()[0], base + given, flag, kind
+
+
+# --- what no declaration describes --------------------------------------------------------------
+
+HAND = [
     (TRAIN, ["--config", "{tmp}/section.yaml"], "config section train must be a mapping of keys, got 5"),
     (TRAIN, ["--config", "{tmp}"], "is a folder; give a YAML file"),
     (TRAIN, ["--bogus"], "unrecognized arguments: --bogus"),
     (TRAIN, ["train.device=cuda"], "train.device is cuda but this machine has no CUDA device"),
-    (TRAIN, ["train.parallel=zero3"], "config key train.parallel: 'zero3' is not one of ddp, fsdp"),
-    (TRAIN, ["train.parallel=fsdp"],
-     "train.parallel: fsdp shards the model across the processes torchrun starts"),
+    (TRAIN, ["train.parallel=fsdp"], "fsdp shards the model across the processes torchrun starts"),
     (TRAIN, ["train.parallel=fsdp", "train.precision=fp16"], "fsdp does not support train.precision: fp16"),
     (TRAIN, ["train.parallel=fsdp", "train.compile=true", "train.compile_mode=reduce-overhead"],
      "fsdp does not support train.compile_mode: reduce-overhead"),
-    (TRAIN, ["train.activation_checkpointing=all"],
-     "train.activation_checkpointing: 'all' is not one of none, blocks"),
-    (GENERATE, [*FROM_RUN, "--max-new-tokens", "0"], "argument --max-new-tokens: 0 is out of range"),
-    (GENERATE, [*FROM_RUN, "--temperature", "-1"], "argument --temperature: -1.0 is out of range"),
-    (GENERATE, [*FROM_RUN, "--temperature", "nan"], "argument --temperature: nan is out of range"),
-    (GENERATE, [*FROM_RUN, "--top-k", "-1"], "argument --top-k: -1 is out of range (must be >= 0)"),
-    (GENERATE, [*FROM_RUN, "--max-new-tokens", "ten"], "argument --max-new-tokens: expected an integer"),
-    (GENERATE, [*FROM_RUN, "--prompt", ""], "argument --prompt: is empty"),
-    (GENERATE, [*FROM_RUN, "--device", "cuda"], "--device is cuda but this machine has no CUDA"),
+    # nothing lost: a run never writes where it reads, over what another tool wrote, or over later checkpoints
+    (TRAIN, ["run.out_dir={data}/inner"], "lies inside the input"),
+    (TRAIN, ["model.init_from={run}/checkpoints/step_00000002.pt"], "holds the input"),
+    (TRAIN, ["run.out_dir={tmp}/project"], "holds config.yaml but is not a gptdist run's folder"),
+    (TRAIN, ["run.out_dir={tmp}/locked"], "holds text that no gptdist run wrote"),
+    (TRAIN, ["checkpoint.resume={run}/checkpoints/step_00000001.pt"], "holds the later step_00000002.pt"),
+    (EXPORT, ["--checkpoint", "{run}", "--out", "{run}", "--overwrite"], "is the input"),
+    (EXPORT, ["--checkpoint", "{run}", "--out", "{run}/hf", "--overwrite"], "lies inside the input"),
+    (EXPORT, ["--checkpoint", "{run}/checkpoints/step_00000002.pt", "--out", "{run}", "--overwrite"],
+     "holds the input"),
+    (EXPORT, ["--checkpoint", "{run}", "--out", "{data}", "--overwrite"],
+     "holds 'manifest.json', which export did not write"),
+    (PREPARE, ["--input", "{tmp}/corpus.txt", "--out", "{run}", "--overwrite"],
+     "which prepare did not write"),
+    (PREPARE, ["--input", "{data}/..", "--out", "{data}", "--overwrite"], "lies inside the input"),
     (GENERATE, ["--checkpoint", "{data}/manifest.json"], "cannot be loaded: it is not a readable torch file"),
     (GENERATE, ["--checkpoint", "{tmp}/array.pt"], "it holds objects other than tensors and plain values"),
-    (EVALUATE, [*ON_DATA, "--batch-size", "0"], "argument --batch-size: 0"),
-    (EVALUATE, [*ON_DATA, "--batches", "0"], "argument --batches: 0"),
-    (EVALUATE, [*ON_DATA, "--context-length", "0"], "--context-length: 0"),
-    (EVALUATE, [*ON_DATA, "--stride", "-1"], "argument --stride: -1"),
-    (BENCH, ["train", "--config", str(CONFIG), "--steps", "0"], "argument --steps: 0 is out of range"),
-    (BENCH, ["train", "--config", str(CONFIG), "--warmup", "-1"], "argument --warmup: -1 is out of range"),
-    (BENCH, ["data", "--config", str(CONFIG), "--seconds", "0"], "argument --seconds: 0.0 is out of range"),
-    (BENCH, ["prepare", "--megabytes", "0"], "argument --megabytes: 0 is out of range (must be > 0)"),
-    (PREPARE, [*PREPARE_FILES, "--workers", "0"], "argument --workers: 0"),
-    (PREPARE, [*PREPARE_FILES, "--shard-tokens", "0"], "--shard-tokens: 0"),
-    (PREPARE, [*PREPARE_FILES, "--val-fraction", "1"], "--val-fraction: 1.0 is out"),
+    (EVALUATE, ["--checkpoint", "{run}", "--data", "{data}", "--limit", "3"],
+     "--limit is for --task hellaswag"),
 ]
+CASES = [(command, arguments, expected, "hand") for command, arguments, expected in HAND] + [
+    (command, arguments, named, kind) for command, arguments, named, kind in [*config_cases(), *flag_cases()]]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, verdict_data):
-    """A run that trained and checkpointed, with a copy of its data: what a user has and must keep."""
+    """A run that trained and checkpointed, with a copy of its data and other files: what a user has and
+    must keep."""
     root = tmp_path_factory.mktemp("user")
     data = root / "data"
     shutil.copytree(verdict_data, data)
-    result = run_main(TRAIN, *train_args(data, root / "run", "train.max_steps=2"))
+    result = run_main(TRAIN, *train_args(data, root / "run", "train.max_steps=2", "checkpoint.interval=1",
+                                                   "checkpoint.keep=5"))
     assert result.returncode == 0, result.stderr
-    (root / "files").mkdir()
-    (root / "files" / "section.yaml").write_text("train: 5\n")
-    torch.save({"array": __import__("numpy").zeros(3)}, root / "files" / "array.pt")
+    files = root / "files"
+    files.mkdir()
+    (files / "section.yaml").write_text("train: 5\n")
+    (files / "corpus.txt").write_text("A corpus of a user's. " * 20)
+    torch.save({"array": __import__("numpy").zeros(3)}, files / "array.pt")
+    (files / "project").mkdir()
+    (files / "project" / "config.yaml").write_text("my: own settings\n")
+    (files / "locked").mkdir()
+    (files / "locked" / ".lock").write_text("held by another tool\n")
     return root
 
 
@@ -101,24 +222,50 @@ def snapshot(root):
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("command, arguments, message", CASES, ids=[" ".join(c[1])[:60] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, arguments, message):
+@pytest.mark.parametrize("command, arguments, expected, kind", CASES,
+                         ids=[f"{c[0].split('.')[1]} {' '.join(c[1])[-60:]}" for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, arguments, expected, kind):
     if "cuda" in arguments and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     root = finished_run
     places = {"run": root / "run", "data": root / "data", "tmp": root / "files"}
     arguments = [a.format(**places) for a in arguments]
+    hostile = arguments[-1].split("=", 1)[-1]  # a path case's line may name the path instead of the flag
     if command == TRAIN and "--config" not in arguments and "--bogus" not in arguments:
         arguments = train_args(places["data"], places["run"], *arguments)
-    elif command == TRAIN and "--config" in arguments:
+    elif command == TRAIN and arguments[:1] == ["--config"]:
         arguments = [*arguments, f"run.out_dir={places['run']}"]
     before = snapshot(root)
     result = run_main(command, *arguments)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[0].startswith(f"{command}: error: ") and message in lines[0], lines[0]
+    named = [expected, hostile] if kind == "path" else [expected]
+    assert lines[0].startswith(f"{command}: error: ") and any(n in lines[0] for n in named), lines[0]
     assert snapshot(root) == before
+
+
+def test_the_table_covers_every_key_and_flag():
+    """Each key gets a wrong type, an out-of-range value where it declares a range or choices, and a
+    path-escaping one where it is a path; each flag of each command at least one case."""
+    kinds: dict[str, set] = {}
+    for _, _, named, kind in [*config_cases(), *flag_cases()]:
+        kinds.setdefault(named, set()).add(kind)
+    for key, hint, check, path in declared_keys():
+        expected = {"wrong type"} | ({"out of range"} if out_of_range(hint, check) is not None else set()) | (
+            {"path"} if path else set())
+        assert kinds[key] == expected, key
+    flags = {a.option_strings[0] for _, parser in parsers() for a in parser._actions
+             if a.option_strings and not isinstance(a, argparse._HelpAction)}
+    assert flags <= set(kinds)
+
+
+def test_a_benchmark_never_writes_into_the_run_it_is_given(finished_run):
+    before = snapshot(finished_run)
+    result = run_main(BENCH, "train", "--steps", "1", "--warmup", "0",
+                      *train_args(finished_run / "data", finished_run / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert snapshot(finished_run) == before
 
 
 @pytest.mark.parametrize("command, arguments, message", [
@@ -126,7 +273,7 @@ def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, argume
     (PREPARE, ["--workers", "0"], "argument --workers: 0 is out of range"),
     (GENERATE, ["--checkpoint", "{tmp}/nowhere"], "does not exist"),
     (EVALUATE, ["--task", "loss", "--gpt2", "124M"], "--task loss needs --data"),
-    ("gptdist.export", ["--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/out"], "does not exist"),
+    (EXPORT, ["--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/out"], "does not exist"),
     (BENCH, ["train", "--config", str(CONFIG), "--steps", "0"], "argument --steps: 0 is out of range"),
 ], ids=lambda value: value if isinstance(value, str) and value.startswith("gptdist") else None)
 def test_every_command_as_a_process_exits_2_with_one_line(tmp_path, command, arguments, message):

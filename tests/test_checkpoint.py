@@ -113,9 +113,32 @@ def test_a_failed_background_write_is_one_line_and_keeps_the_older_checkpoints(t
 
 def test_a_half_written_file_of_a_killed_run_is_removed(tmp_path):
     save_steps(tmp_path, [1])
-    (tmp_path / ".step_00000002.pt.tmp").write_bytes(b"half")
+    (tmp_path / ".step_00000002.pt.tmp").write_bytes(b"PK\x03\x04half")  # torch.save's zip, cut short
+    (tmp_path / ".step_00000003.pt.tmp").write_bytes(b"")  # killed before its first byte
+    half_sharded = tmp_path / ".step_00000004.tmp"
+    half_sharded.mkdir()
+    (half_sharded / "__0_0.distcp").write_bytes(b"shard")
+    (half_sharded / ".metadata.tmp").write_bytes(b"index")
     Checkpointer(tmp_path, 3, SOLO).close()
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
+
+
+def test_pruning_and_cleanup_delete_only_what_a_save_wrote(tmp_path):
+    """A file or folder with a checkpoint's name (or a temporary's) that no save wrote, or a link, is kept."""
+    precious = tmp_path.parent / f"{tmp_path.name}-precious.txt"
+    precious.write_text("years of work")
+    users = {"step_00000000/notes.txt": b"my notes", "step_00000001.pt": b"not a torch file",
+             ".step_00000009.tmp/thesis.tex": b"draft", ".step_00000008.pt.tmp": b"my own temp"}
+    for name, content in users.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "step_00000000.pt").symlink_to(precious)
+    save_steps(tmp_path, [2, 3, 4], keep=1)
+    for name, content in users.items():
+        assert (tmp_path / name).read_bytes() == content, name
+    assert (tmp_path / "step_00000000.pt").is_symlink() and precious.read_text() == "years of work"
+    own = [p.name for p in store.checkpoint_paths(tmp_path) if p.name.endswith(".pt") and not p.is_symlink()]
+    assert own == ["step_00000001.pt", "step_00000004.pt"]  # the user's file, and the newest save alone
 
 
 def test_bench_checkpoint_reports_what_a_blocking_and_a_background_save_cost(verdict_data):

@@ -104,10 +104,11 @@ def test_a_cached_file_that_is_not_the_official_set_is_refused(tmp_path, monkeyp
     cached = tmp_path / "hellaswag" / "hellaswag_val.jsonl"
     cached.parent.mkdir()
     write_hellaswag(cached)
+    before = cached.read_bytes()
     monkeypatch.setenv("GPTDIST_CACHE", str(tmp_path))
-    with pytest.raises(UserError, match="not HellaSwag's official validation set"):
+    with pytest.raises(UserError, match="not HellaSwag's official validation set.*delete it to download"):
         hellaswag.official_val()
-    assert not cached.exists()
+    assert cached.read_bytes() == before  # it may be the user's: said, not deleted
 
 
 def test_the_official_sets_hash_is_gits(tmp_path):

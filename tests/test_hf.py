@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +112,57 @@ def test_training_starts_from_a_hugging_face_folder(tmp_path, verdict_data):
     assert saved["pos_emb.weight"].shape[0] == 32  # the run's shorter context keeps the first positions
 
 
+def disagreeing_source(folder: Path, case: str) -> str:
+    """A pretrained source that disagrees with a tiny run on The Verdict (context 32) in one way; returns
+    what the one line must say."""
+    if case == "vocabulary":
+        random_hf_gpt2(folder, vocab_size=1000)
+        return "tokenized for a vocabulary of 50257 tokens but"
+    if case == "context":
+        random_hf_gpt2(folder, n_positions=16)
+        return "32 exceeds the"
+    if case in ("tied-with-a-head-of-its-own", "untied-without-a-head"):
+        random_hf_gpt2(folder, tie=case.startswith("untied"))
+        settings = json.loads((folder / hf.CONFIG).read_text())
+        settings["tie_word_embeddings"] = case.startswith("tied")  # what the weights are not
+        (folder / hf.CONFIG).write_text(json.dumps(settings))
+        tensors = load_file(folder / hf.WEIGHTS)
+        tensors["lm_head.weight"] = torch.randn_like(tensors["transformer.wte.weight"])
+        if case.startswith("untied"):
+            del tensors["lm_head.weight"]
+        save_file(tensors, folder / hf.WEIGHTS, metadata={"format": "pt"})
+        return "tie_word_embeddings true, but" if case.startswith("tied") else "lack tensor 'lm_head.weight'"
+    folder.mkdir()
+    if case == "configuration-without-weights":
+        (folder / hf.CONFIG).write_text(json.dumps({"model_type": "gpt2"}))
+    return "neither a GPT-2 size"
+
+
+DISAGREEMENTS = ["vocabulary", "context", "tied-with-a-head-of-its-own", "untied-without-a-head",
+                 "configuration-without-weights", "empty-folder"]
+
+
+@pytest.mark.parametrize("case", DISAGREEMENTS)
+@pytest.mark.parametrize("command", ["gptdist.train", "gptdist.evaluate"])
+def test_a_pretrained_source_that_disagrees_stops_before_any_work_and_is_left_as_it_was(
+        tmp_path, verdict_data, command, case):
+    source = tmp_path / "source"
+    expected = disagreeing_source(source, case)
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    if command == "gptdist.train":
+        arguments = train_args(verdict_data, tmp_path / "run", f"model.init_from={source}")
+        expected = {"empty-folder": "a folder that holds no model",
+                    "configuration-without-weights": "a folder that holds no model"}.get(case, expected)
+    else:
+        arguments = ["--gpt2-dir", source, "--data", verdict_data, "--context-length", "32", "--batches", "1"]
+    result = run_main(command, *arguments)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+    if command == "gptdist.train":
+        assert "model.init_from" in lines[0] and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
 # --- export ----------------------------------------------------------------------------
 
 VARIANTS = {
@@ -167,23 +219,22 @@ def test_export_in_bf16(tmp_path, trained):
     assert json.loads((tmp_path / "hf" / hf.CONFIG).read_text())["torch_dtype"] == "bfloat16"
 
 
-def test_an_existing_folder_is_replaced_only_with_overwrite(tmp_path, trained):
+def test_an_earlier_export_is_replaced_only_with_overwrite(tmp_path, trained):
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    assert run_main("gptdist.export", "--checkpoint", trained["tied-qkv-bias"], "--out", out).returncode == 0
     refused = run_main("gptdist.export", "--checkpoint", trained["sharded"], "--out", out)
-    assert refused.returncode == 2 and "already exists; pass --overwrite to replace it" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and (out / "mine.txt").read_text() == "keep me"
+    assert refused.returncode == 2 and "already holds an export folder; pass --overwrite" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     replaced = run_main("gptdist.export", "--checkpoint", trained["sharded"], "--out", out, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
-    assert not (out / "mine.txt").exists() and (out / hf.WEIGHTS).is_file()
+    assert json.loads((out / hf.CONFIG).read_text())["tie_word_embeddings"] is False  # the sharded run's
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary or old folder left beside it
 
 
-def test_a_failed_export_leaves_the_folder_as_it_was(tmp_path, trained, monkeypatch):
+def test_a_failed_export_leaves_the_earlier_one_as_it_was(tmp_path, trained, monkeypatch):
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    assert run_main("gptdist.export", "--checkpoint", trained["tied-qkv-bias"], "--out", out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def disk_full(folder, *args):
         (folder / hf.CONFIG).write_text("{}")
@@ -193,7 +244,8 @@ def test_a_failed_export_leaves_the_folder_as_it_was(tmp_path, trained, monkeypa
     with pytest.raises(SystemExit) as exit_:
         export.main(["--checkpoint", str(trained["sharded"]), "--out", str(out), "--overwrite"])
     assert exit_.value.code == 2
-    assert [p.name for p in out.iterdir()] == ["mine.txt"] and [p.name for p in tmp_path.iterdir()] == ["hf"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
 def test_export_without_safetensors_says_what_to_install(tmp_path, trained):

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "gptdist"
-BASE = {"__init__", "errors", "arguments", "config", "distributed", "download", "fs", "tokenizer"}
+BASE = {"__init__", "errors", "arguments", "config", "distributed", "download", "fs", "replace", "tokenizer"}
 COMMANDS = {"prepare", "train", "generate", "evaluate", "export", "bench"}
 # The rooms each room may import (its own included).
 MAY_IMPORT = {

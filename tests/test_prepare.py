@@ -221,7 +221,7 @@ def test_bad_input_is_one_clear_line(tmp_path, case):
         (tmp_path / "e.txt").write_text("")
         args, expected = ["--input", tmp_path / "e.txt", "--gutenberg"], "the corpus is empty"
     elif case == "unknown-dataset":
-        args, expected = ["--dataset", "pile"], "unknown dataset 'pile'"
+        args, expected = ["--dataset", "pile"], "argument --dataset: invalid choice: 'pile'"
     elif case == "existing-out":
         out.mkdir()
         (out / "keep.txt").write_text("precious")
@@ -276,7 +276,7 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
     (stale,) = tmp_path.glob(".out.tmp-*")
     again = prepare("--input", docs, "--out", out, "--workers", "1")  # the next run into the same --out
     assert again.returncode == 0, again.stderr
-    removed = f"removed {stale.name}, left by a prepare that did not finish (process {proc.pid} is gone)"
+    removed = f"removed {stale.name}, left by a process that did not finish (process {proc.pid} is gone)"
     assert removed in again.stdout
     assert not list(tmp_path.glob(".out.*")) and shards.read_manifest(out)
 
@@ -296,12 +296,14 @@ def test_a_folder_killed_while_being_replaced_is_put_back(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.parametrize("case", ["out-is-input", "out-is-parent", "user-folder", "prepared-plus-user-file"])
+@pytest.mark.parametrize("case", ["out-is-input", "out-is-parent", "out-inside-input", "user-folder",
+                                  "prepared-plus-user-file"])
 def test_overwrite_never_deletes_what_prepare_did_not_write(tmp_path, case):
     books = tmp_path / "books"
     write_docs(books, 3)
     (tmp_path / "notes.txt").write_text("my notes")
-    out = {"out-is-input": books, "out-is-parent": tmp_path}.get(case, tmp_path / "out")
+    out = {"out-is-input": books, "out-is-parent": tmp_path, "out-inside-input": books / "out"}.get(
+        case, tmp_path / "out")
     if case == "user-folder":
         out.mkdir()
         (out / "thesis.tex").write_text("years of work")
@@ -311,7 +313,8 @@ def test_overwrite_never_deletes_what_prepare_did_not_write(tmp_path, case):
     everything = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = prepare("--input", books, "--out", out, "--overwrite")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    expected = {"out-is-input": "holds the input", "out-is-parent": "holds the input",
+    expected = {"out-is-input": "is the input", "out-is-parent": "holds the input",
+                "out-inside-input": "lies inside the input",
                 "user-folder": "holds 'thesis.tex', which prepare did not write",
                 "prepared-plus-user-file": "holds 'thesis.tex', which prepare did not write"}[case]
     assert expected in result.stderr and "--overwrite to replace" not in result.stderr

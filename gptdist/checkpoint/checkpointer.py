@@ -11,7 +11,6 @@ training goes on. One write is in flight at most: the next save waits for it. A 
 that fails is reported at the next step boundary (`poll`) or save (`wait`) and stops the run.
 """
 
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch.distributed as dist
 
 from .. import distributed
 from ..errors import UserError
+from ..replace import remove_own
 from . import sharded, store
 from .snapshot import HostSnapshot
 
@@ -54,10 +54,10 @@ class Checkpointer:
         writes = ctx.is_main or self.sharded
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="gptdist-checkpoint") if writes else None
         self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
-        # a killed run's half-written file or folder: never a checkpoint
+        # a killed run's half-written file or folder: never a checkpoint (only what a save writes goes)
         if ctx.is_main and self.folder.is_dir():
             for stale in self.folder.glob(store.temporary(self.folder / "step_*").name):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                remove_own(stale, store.CHECKPOINT)
 
     def save(self, step: int, states: dict[str, Stateful], config: dict, summary: dict) -> Saved | None:
         """Called on every rank at the same step boundary (states may gather from all ranks).

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import config, distributed
+from ..arguments import input_path
 from ..config import PRETRAINED_KEYS, ModelConfig
 from ..errors import UserError
 from ..model import gpt2, hf
@@ -75,20 +76,28 @@ def is_gpt2(spec: str | Path) -> bool:
 
 
 def _source(spec: str, ctx: distributed.Dist) -> Weights:
-    """A GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run.
+    """A GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run; any failure is
+    one line naming model.init_from. It is only read.
 
     A GPT-2 size is downloaded once per node; the other ranks find it cached.
     """
-    if is_gpt2(spec):
-        size = gpt2.size_of(spec)
-        if size and ctx.local_rank == 0:
-            gpt2.download_gpt2(size)
-        distributed.barrier()
-        return from_gpt2(spec)
-    if not Path(spec).exists():
-        raise UserError(f"model.init_from {spec}: neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an "
-                        "existing folder or checkpoint")
-    return from_checkpoint(spec)
+    try:
+        if is_gpt2(spec):
+            size = gpt2.size_of(spec)
+            if size and ctx.local_rank == 0:
+                gpt2.download_gpt2(size)
+            distributed.barrier()
+            return from_gpt2(spec)
+        if not Path(spec).exists():
+            raise UserError(f"neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an existing folder or "
+                            "checkpoint")
+        if Path(spec).is_dir() and not sharded.is_sharded(Path(spec)) and not any(
+                store.checkpoint_paths(folder) for folder in (Path(spec), Path(spec) / "checkpoints")):
+            raise UserError("a folder that holds no model: no gptdist checkpoint, no OpenAI hparams.json, "
+                            f"no Hugging Face {hf.CONFIG} with {hf.WEIGHTS}")
+        return from_checkpoint(spec)
+    except UserError as err:
+        raise UserError(f"model.init_from {spec}: {err}") from None
 
 
 def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
@@ -129,11 +138,12 @@ def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint | --gpt2 SIZE | --gpt2-dir DIR, shared by generate, evaluate and export."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a gptdist checkpoint (file or sharded folder), or a run folder "
-                                             "(its newest)")
+    source.add_argument("--checkpoint", type=input_path,
+                        help="a gptdist checkpoint (file or sharded folder), or a run folder (its newest)")
     source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, "
                                                            "cached)")
-    source.add_argument("--gpt2-dir", help="a folder of OpenAI GPT-2 files or a Hugging Face GPT-2 folder")
+    source.add_argument("--gpt2-dir", type=input_path,
+                        help="a folder of OpenAI GPT-2 files or a Hugging Face GPT-2 folder")
 
 
 def weights_from_arguments(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:

@@ -20,6 +20,17 @@ def check_architecture(saved: dict, model_cfg: ModelConfig, source: str) -> None
                         "use another run.out_dir or the checkpoint's model settings")
 
 
+def check_nothing_after(payload: dict, folder: Path) -> None:
+    """Refuse to resume from an explicit checkpoint when the run's folder holds later ones: training on
+    would write over them (at their steps) and prune them."""
+    step = payload["progress"]["step"]
+    later = [path for path in store.checkpoint_paths(folder) if store.step_of(path) > step]
+    if later:
+        raise UserError(f"checkpoint.resume {payload['path']} is at step {step}, but {folder} holds the "
+                        f"later {later[-1].name}: training on would write over it; resume into another "
+                        "run.out_dir or move the later checkpoints away")
+
+
 def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig) -> dict | None:
     """The checkpoint to resume from, read and verified, or None to start afresh.
 
@@ -31,6 +42,8 @@ def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig) -> dict | No
                             "use another run.out_dir so that they are not overwritten")
         return None
     payload = store.newest_good(folder) if mode == "auto" else {**store.read(Path(mode)), "path": mode}
+    if mode != "auto":
+        check_nothing_after(payload, folder)
     if payload is None:
         if store.checkpoint_paths(folder):
             raise UserError(f"no checkpoint in {folder} can be loaded; move them away to start afresh")

@@ -18,6 +18,7 @@ a process group of its own, so its collectives never meet the training loop's.
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -32,10 +33,18 @@ from .names import OLD_NAMES, renamed
 CHECKSUMS = "checksums.json"
 STATES = "states.pt"
 SHARDED_STATES = ("model", "optimizer")  # the states each rank saves its shards of
+# What a sharded write puts in its folder, finished or not (torch.distributed.checkpoint writes
+# .metadata through .metadata.tmp; states.pt is written through .states.pt.tmp).
+_WRITTEN = re.compile(r"^(__\d+_\d+\.distcp|\.metadata(\.tmp)?|\.?states\.pt(\.tmp)?|checksums\.json)$")
 
 
 def is_sharded(path: Path) -> bool:
     return (path / CHECKSUMS).is_file()
+
+
+def files_not_written(folder: Path) -> list[str]:
+    """The entries of `folder` that a sharded write never makes."""
+    return sorted(e.name for e in folder.iterdir() if not (_WRITTEN.match(e.name) and e.is_file()))
 
 
 def write(shards: dict, small: dict, path: Path, tmp: Path, group, save_small) -> None:

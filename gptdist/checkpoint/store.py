@@ -7,10 +7,10 @@ written as a temporary beside its name and renamed once durable, so a file or fo
 checkpoint's name is always whole; `read` verifies it before anything uses it.
 """
 
+import contextlib
 import hashlib
 import os
 import re
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from .. import distributed
 from ..errors import UserError
 from ..fs import fsync_path
+from ..replace import Kind, remove_own
 from . import sharded
 from .names import OLD_NAMES, renamed
 
@@ -35,6 +36,20 @@ FORMAT = "gptdist-checkpoint/3"
 POSITIONAL_FORMATS = ("gptdist-checkpoint/1", "gptdist-checkpoint/2")
 READABLE_FORMATS = (*POSITIONAL_FORMATS, FORMAT)
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")  # a file, or a sharded checkpoint's folder
+_ZIP = b"PK\x03\x04"  # how every file torch.save writes begins (a zip archive), even a half-written one
+
+
+def not_written_by_a_save(path: Path) -> list[str]:
+    """[] for a checkpoint or its temporary as a save writes it (a torch file, or an empty one killed before
+    its first byte; a folder of a sharded write's files only), else what in it a save never writes."""
+    if path.is_dir():
+        return sharded.files_not_written(path)
+    with open(path, "rb") as f:
+        return [] if f.read(len(_ZIP)) in (_ZIP, b"") else [path.name]
+
+
+# What pruning and the cleanup of a killed save's temporaries may delete: nothing but that.
+CHECKPOINT = Kind("a checkpoint", "a save", not_written_by_a_save)
 
 
 def content_digest(obj) -> str:
@@ -194,11 +209,10 @@ def _size(path: Path) -> int:
 
 
 def _prune(folder: Path, keep: int) -> None:
-    for old in checkpoint_paths(folder)[:-keep]:  # only once the new one is durable
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+    """Delete the checkpoints before the newest `keep` (only once the new one is durable): a file or folder
+    with a checkpoint's name that a save did not write, or a link, is left alone."""
+    for old in checkpoint_paths(folder)[:-keep]:
+        remove_own(old, CHECKPOINT)
 
 
 def write(payload: dict, path: Path, keep: int) -> tuple[int, float]:
@@ -227,6 +241,7 @@ def write_sharded(shards: dict, small: dict, path: Path, keep: int, group) -> tu
         return _size(path), time.perf_counter() - start
     except (OSError, CheckpointException) as err:
         if dist.get_rank(group) == 0:  # a partial folder is never a checkpoint
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_own(tmp, CHECKPOINT)
         raise UserError(f"cannot write checkpoint {path}: {getattr(err, 'strerror', None) or err}; "
                         f"older checkpoints in {path.parent} are intact") from None

@@ -11,9 +11,6 @@ import glob
 import hashlib
 import multiprocessing
 import os
-import re
-import shutil
-import socket
 import sys
 import time
 from collections import Counter, deque
@@ -26,6 +23,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import UserError
+from ..replace import Kind, check_apart, clean_stale_temporaries, replace_folder
 from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
 from . import corpus, shards
 
@@ -165,84 +163,23 @@ def input_paths(args: PrepareOptions, refs) -> list[Path]:
     return corpus.expand_inputs(args.data_files) if args.data_files else []
 
 
-def check_output_folder(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse an --out that would lose anything the user has: only a folder prepare made is replaced."""
-    target = out.resolve()
-    for path in inputs:
-        if path.resolve() == target or target in path.resolve().parents:
-            raise UserError(f"--out {out} holds the input {path}; choose an output folder outside the inputs")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    foreign = shards.files_not_prepared(out)
-    if foreign:
-        raise UserError(f"output folder {out} holds {foreign[0]!r}, which prepare did not write: it is not a "
-                        "prepared data folder, and --overwrite replaces only those; choose another --out")
-    if not overwrite:
-        raise UserError(f"output folder {out} already holds prepared data; use --overwrite to replace it")
-
-
-def _temporary_name(out: Path, kind: str, pid: int | None = None) -> Path:
-    """`.NAME.tmp-HOST-PID` beside `out`: the host and process that own it, to tell stale ones."""
-    return out.with_name(f".{out.name}.{kind}-{socket.gethostname()}-{pid or os.getpid()}")
-
-
-def clean_stale_temporaries(out: Path) -> None:
-    """Remove what a killed prepare of this host left beside `out`; put back a folder it was replacing."""
-    if not out.parent.is_dir():
-        return
-    stale = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)$")
-    for entry in sorted(out.parent.iterdir()):
-        match = stale.match(entry.name)
-        if not match or process_alive(int(match.group(2))):
-            continue
-        if match.group(1) == "old" and not out.exists():  # killed between its two renames
-            entry.rename(out)
-            print(f"restored {out} from {entry.name}, left by a prepare killed while replacing it")
-        else:
-            shutil.rmtree(entry)
-            print(f"removed {entry.name}, left by a prepare that did not finish (process {match.group(2)} is "
-                  "gone)")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+PREPARED = Kind("a prepared data folder", "prepare", shards.files_not_prepared)
 
 
 def prepare(args: PrepareOptions) -> tuple[dict, float]:
     """Write the shards and manifest of `args.out`; returns the manifest and the seconds it took."""
     out = Path(args.out)
-    clean_stale_temporaries(out)  # first: a folder a killed run was replacing is put back before any check
+    clean_stale_temporaries(out)  # first: a folder a killed prepare was replacing is put back
     refs, source = document_refs(args)
-    check_output_folder(out, input_paths(args, refs), args.overwrite)
-    gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(out, "tmp")
-    tmp.mkdir()
+    check_apart(out, [("--input", path) for path in input_paths(args, refs)], "--out")
     start = time.perf_counter()
-    try:
-        manifest = _write_shards(tmp, refs, source, args)
-        if out.exists():  # --overwrite: the old folder goes only once the new one is complete
-            old = _temporary_name(out, "old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    manifest = replace_folder(out, PREPARED, args.overwrite,
+                              lambda tmp: _write_shards(tmp, refs, source, args))
     return manifest, time.perf_counter() - start
 
 
 def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions) -> dict:
+    gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
     dtype = shards.token_dtype(GPT2_VOCAB_SIZE)
     writers = {name: shards.ShardWriter(tmp, name, dtype, args.shard_tokens) for name in shards.SPLITS}
     skipped: Counter = Counter()

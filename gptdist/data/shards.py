@@ -97,12 +97,13 @@ class Manifest:
     def shard_lengths(self, split: str) -> list[int]:
         return [s["tokens"] for s in self.splits[split]["shards"]]
 
-    def check_vocabulary(self, vocab_size: int) -> None:
-        """Refuse a model whose vocabulary is not the one the shards were tokenized for."""
+    def check_vocabulary(self, vocab_size: int, whose: str = "model.vocab_size") -> None:
+        """Refuse a model whose vocabulary is not the one the shards were tokenized for (`whose` says
+        where the model's vocabulary comes from)."""
         if self.vocab_size != vocab_size:
             raise UserError(
-                f"{self.folder} was tokenized for a vocabulary of {self.vocab_size} tokens but "
-                f"model.vocab_size is {vocab_size}; prepare the data with the model's tokenizer"
+                f"{self.folder} was tokenized for a vocabulary of {self.vocab_size} tokens but {whose} is "
+                f"{vocab_size}; prepare the data with the model's tokenizer"
             )
 
 

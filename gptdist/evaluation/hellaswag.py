@@ -44,10 +44,9 @@ def git_blob_sha1(path: Path) -> str:
 def official_val() -> Path:
     """The official validation set, downloaded once into the cache (size and git hash checked)."""
     path = download([VAL_URL], cache_dir() / "hellaswag" / "hellaswag_val.jsonl")
-    if git_blob_sha1(path) != VAL_GIT_BLOB:
-        path.unlink()
-        raise UserError(f"the downloaded {path.name} is not HellaSwag's official validation set (git hash "
-                        "differs); run again to download it afresh")
+    if git_blob_sha1(path) != VAL_GIT_BLOB:  # kept: it may be a file the user placed there
+        raise UserError(f"{path} is not HellaSwag's official validation set (its git hash differs); "
+                        "delete it to download it afresh")
     return path
 
 

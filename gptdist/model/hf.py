@@ -16,13 +16,14 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import UserError
-from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, bpe_files
+from ..tokenizer import BPE_FILES, EOT_TOKEN, GPT2_VOCAB_SIZE, bpe_files
 from . import gpt2
 
 EOT_TEXT = "<|endoftext|>"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 # Buffers some GPT-2 files carry besides the weights: the causal mask, rebuilt by every model.
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 # What GPTModel computes, as GPT-2 config values; a file asking for anything else is refused.
@@ -103,6 +104,9 @@ def read(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     except KeyError as err:
         raise UserError(f"the GPT-2 weights in {folder} lack tensor {err}") from None
     head = tensors.pop(gpt2.HF_HEAD, None)  # tied: absent, or the token embedding once more
+    if cfg.tie_embeddings and head is not None and not torch.equal(head, state["tok_emb.weight"]):
+        raise UserError(f"{folder / CONFIG} says tie_word_embeddings true, but the weights hold a "
+                        f"{gpt2.HF_HEAD} of their own; set it to false there if the head is untied")
     if not cfg.tie_embeddings:
         if head is None:
             raise UserError(f"the GPT-2 weights in {folder} lack tensor {gpt2.HF_HEAD!r} "
@@ -156,7 +160,15 @@ def tokenizer_files(context_length: int) -> dict[str, bytes]:
     settings = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "bos_token": EOT_TEXT,
                 "eos_token": EOT_TEXT, "unk_token": EOT_TEXT, "add_prefix_space": False,
                 "add_bos_token": False}
-    return {**bpe_files(), "tokenizer_config.json": json.dumps(settings, indent=2).encode() + b"\n"}
+    return {**bpe_files(), TOKENIZER_CONFIG: json.dumps(settings, indent=2).encode() + b"\n"}
+
+
+def files_not_exported(folder: Path) -> list[str]:
+    """The entries of `folder` that an export never writes (`write`'s files are config.json,
+    model.safetensors and the tokenizer's)."""
+    exported = {CONFIG, WEIGHTS, TOKENIZER_CONFIG, *BPE_FILES}
+    return sorted(entry.name for entry in folder.iterdir()
+                  if entry.name not in exported or not entry.is_file())
 
 
 def write(folder: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,

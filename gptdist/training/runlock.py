@@ -6,6 +6,10 @@ a lock can never outlive its run. What a killed run leaves is the text in the fi
 that finds the file unlocked but not empty takes it over and says whose it was. On release
 the file is emptied, not deleted: a deleted file could be locked by two later runs at once
 (one holding the old file, one a new one).
+
+The lock file also marks the folder as a run's. A folder without one that holds a file a run
+writes (config.yaml, metrics.jsonl, loss.png, checkpoints/) is not trained into: the run would
+write over it. A `.lock` holding text no run wrote is not taken over either.
 """
 
 import contextlib
@@ -13,22 +17,37 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
-from .. import distributed
+from .. import config, distributed
+from ..config import Config
 from ..distributed import print0
 from ..errors import UserError
+from ..replace import check_apart
 
 LOCK_FILE = ".lock"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints")  # what a run writes in run.out_dir
 
 
-def _holder(text: str) -> str:
+def _holder(text: str) -> str | None:
+    """Who a lock file's record names, or None when the text is not a run's record."""
     try:
         who = json.loads(text)
         return f"process {who['pid']} on {who['host']}, started {who['started']}"
     except (ValueError, KeyError, TypeError):
-        return "a process that left no record"
+        return None
+
+
+def check_a_runs_folder(out_dir: Path) -> None:
+    """Refuse a folder that is not a run's (no lock file) but holds what a run would write over."""
+    if not out_dir.is_dir() or (out_dir / LOCK_FILE).exists():
+        return
+    taken = [name for name in RUN_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if taken:
+        raise UserError(f"run.out_dir {out_dir} holds {taken[0]} but is not a gptdist run's folder (it has "
+                        f"no {LOCK_FILE}): training would write over it; choose a new or empty run.out_dir")
 
 
 def unwritable(out_dir: Path, err: OSError, which: str = "") -> UserError:
@@ -37,9 +56,20 @@ def unwritable(out_dir: Path, err: OSError, which: str = "") -> UserError:
                      "choose a run.out_dir this user can write to")
 
 
+def check_apart_from_inputs(cfg: Config) -> None:
+    """run.out_dir is never one of the run's INPUT paths (config.py declares them), inside one or holding
+    one. A checkpoint.resume in run.out_dir's own checkpoints is that run going on (checkpoint/resume.py
+    refuses it where later checkpoints follow); a path that does not exist is not written over."""
+    own = (Path(cfg.run.out_dir) / "checkpoints").resolve()
+    inputs = [(key, path) for key, path in config.path_keys(cfg, config.INPUT) if Path(path).exists()
+              and not (key == "checkpoint.resume" and Path(path).resolve().parent == own)]
+    check_apart(Path(cfg.run.out_dir), inputs, "run.out_dir")
+
+
 def acquire(out_dir: Path):
     """Lock `out_dir` for this process; returns the open lock file (keep it open to hold the lock)."""
     path = out_dir / LOCK_FILE
+    check_a_runs_folder(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         file = open(path, "a+")
@@ -49,12 +79,16 @@ def acquire(out_dir: Path):
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.seek(0)
-        holder = _holder(file.read())
+        holder = _holder(file.read()) or "a process that left no record"
         file.close()
         raise UserError(f"run.out_dir {out_dir} is in use by another training ({holder}); "
                         "wait for it to end or choose another run.out_dir") from None
     file.seek(0)
     left = file.read()
+    if left and _holder(left) is None:
+        file.close()
+        raise UserError(f"{path} holds text that no gptdist run wrote; it is kept: move it away, or choose "
+                        "another run.out_dir")
     if left:
         print0(f"taking over {path}: the run that held it ({_holder(left)}) ended without releasing it")
     file.seek(0)
@@ -62,11 +96,12 @@ def acquire(out_dir: Path):
     file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     file.flush()
-    probe = out_dir / f".write-test-{os.getpid()}"
-    # a folder whose files are writable may still refuse new ones (checkpoints, plots): fail now, not later
+    # a folder whose files are writable may still refuse new ones (checkpoints, plots): fail now, not
+    # later, with a probe file of a name no other file has (mkstemp creates it anew)
     try:
-        probe.touch()
-        probe.unlink()
+        descriptor, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        os.close(descriptor)
+        os.unlink(probe)
     except OSError as err:
         release(file)
         raise unwritable(out_dir, err) from None

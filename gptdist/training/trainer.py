@@ -76,7 +76,8 @@ class Trainer:
         seconds the data's verification took."""
         cfg, ctx = self.cfg, self.ctx
         manifest = shards.read_manifest(cfg.data.dir)
-        manifest.check_vocabulary(cfg.model.vocab_size)
+        source = f" (from model.init_from {cfg.model.init_from})" if cfg.model.init_from else ""
+        manifest.check_vocabulary(cfg.model.vocab_size, f"model.vocab_size{source}")
         verify_start = time.perf_counter()
         if cfg.data.verify:  # never train on altered data: one read per node, the other ranks wait
             if ctx.local_rank == 0:
@@ -101,7 +102,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = GPTModel(cfg.model)
         if init_weights is not None:
-            pretrained.load_weights(self.model, init_weights, cfg.model.init_from)
+            pretrained.load_weights(self.model, init_weights, f"model.init_from {cfg.model.init_from}")
             print0(f"initialised from the weights of {cfg.model.init_from}")
         self.model.to(ctx.device)
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)

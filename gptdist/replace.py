@@ -1,0 +1,150 @@
+"""What gptdist may replace or delete: one rule, shared by every command that does either.
+
+A folder or file is replaced or deleted only when gptdist made it for the same purpose (its
+`Kind` says which entries such a write makes), never when it is, holds or lies inside an input
+of the command; otherwise the command stops with one line saying what is there and why it was
+kept. A replacement is written beside the target first (`.NAME.tmp-HOST-PID`) and swapped in
+whole (the old one set aside as `.NAME.old-HOST-PID` until then), so a process killed at any
+moment leaves either the old folder or the new one: the next command into the same place puts
+an old one back or removes the half-written one of a dead process, and says so.
+"""
+
+import os
+import re
+import shutil
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What gptdist writes for one purpose: `name` ("an export folder") and `writer` ("export") for
+    messages, and `foreign(path)`: the entries of a folder that such a write never makes, or for a
+    file, [its name] unless it is one (none: the folder or file is one of them)."""
+
+    name: str
+    writer: str
+    foreign: Callable[[Path], list[str]]
+
+
+def check_apart(out: Path, inputs: Iterable[tuple[str, str | Path | None]], label: str) -> None:
+    """Refuse an output `out` (named `label` in messages) that is, holds or lies inside one of the
+    command's `inputs`, given as (the flag or key that named it, its path)."""
+    target = Path(out).resolve()
+    for name, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if source == target:
+            relation = "is"
+        elif target in source.parents:
+            relation = "holds"
+        elif source in target.parents:
+            relation = "lies inside"
+        else:
+            continue
+        raise UserError(f"{label} {out} {relation} the input {path} ({name}): gptdist never writes where "
+                        f"it reads; choose a {label} outside it")
+
+
+def check_replaceable(out: Path, kind: Kind, overwrite: bool, label: str = "--out") -> None:
+    """Refuse an existing `out` unless it is empty, or is `kind` and `overwrite` is set."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{label} {out} already exists and is not a folder; choose another {label}")
+    if not any(out.iterdir()):
+        return
+    foreign = kind.foreign(out)
+    if foreign:
+        raise UserError(f"{label} {out} holds {foreign[0]!r}, which {kind.writer} did not write: it is not "
+                        f"{kind.name}, the only kind --overwrite replaces; choose another {label}")
+    if not overwrite:
+        raise UserError(f"{label} {out} already holds {kind.name}; pass --overwrite to replace it")
+
+
+def temporary_name(out: Path, role: str) -> Path:
+    """`.NAME.ROLE-HOST-PID` beside `out`: the host and process that own it, to tell stale ones."""
+    return out.with_name(f".{out.name}.{role}-{socket.gethostname()}-{os.getpid()}")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_temporaries(out: Path) -> None:
+    """Remove what a killed replacement of `out` on this host left beside it; put back a folder it had set
+    aside. Another host's or a live process's temporaries are left alone."""
+    if not out.parent.is_dir():
+        return
+    stale = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)$")
+    for entry in sorted(out.parent.iterdir()):
+        match = stale.match(entry.name)
+        if not match or process_alive(int(match.group(2))) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if match.group(1) == "old" and not out.exists():  # killed between its two renames
+            entry.rename(out)
+            print(f"restored {out} from {entry.name}, left by a process killed while replacing it")
+        else:
+            shutil.rmtree(entry)
+            print(f"removed {entry.name}, left by a process that did not finish (process {match.group(2)} "
+                  "is gone)")
+
+
+def replace_folder(out: Path, kind: Kind, overwrite: bool, fill: Callable[[Path], object],
+                   label: str = "--out"):
+    """Write the folder `out` through `fill(temporary_folder)` and move it into place whole; returns what
+    `fill` returns. An existing `out` is replaced only as `check_replaceable` allows, once the new one
+    is complete. (`check_apart` on the command's inputs comes first, where the command has them.)"""
+    clean_stale_temporaries(out)  # first: a folder a killed process was replacing is put back
+    check_replaceable(out, kind, overwrite, label)
+    tmp = temporary_name(out, "tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"cannot write {out} ({err.strerror})") from None
+    try:
+        result = fill(tmp)
+        if out.exists():  # the old folder goes only once the new one is complete
+            old = temporary_name(out, "old")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+        return result
+    except OSError as err:
+        raise UserError(f"cannot write {out} ({err.strerror or err}); it was left as it was") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_own(path: Path, kind: Kind) -> bool:
+    """Delete `path` if it is `kind` (a file, or a folder of only `kind`'s entries; a link is never
+    followed). Returns whether it was removed."""
+    if path.is_symlink() or not path.exists():
+        return False
+    if path.is_dir():
+        if kind.foreign(path):
+            return False
+        shutil.rmtree(path)
+    elif kind.foreign(path):
+        return False
+    else:
+        path.unlink()
+    return True
