@@ -48,6 +48,7 @@ AT_LEAST_ONE = Range("at least 1", lambda v: v >= 1)
 FINITE_POSITIVE = Range("finite and > 0", lambda v: math.isfinite(v) and v > 0)
 FINITE_NON_NEGATIVE = Range("finite and >= 0", lambda v: math.isfinite(v) and v >= 0)
 PROBABILITY = Range("in [0, 1)", lambda v: 0 <= v < 1)
+FRACTION = Range("in (0, 1]", lambda v: 0 < v <= 1)
 BETAS = Range("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
 NON_EMPTY = Range("a non-empty text", lambda v: v != "")
 SEED = Range("in [0, 2**32)", lambda v: 0 <= v < 2**32)  # what every generator seeded from it takes
@@ -109,6 +110,17 @@ class ModelConfig:
     vocab_padding: Literal["bias", "slice"] = "bias"
     tie_embeddings: bool = option(False, architecture=SOURCE)  # out_head shares tok_emb's matrix (as GPT-2)
     init: Literal["gpt2", "torch"] = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch: PyTorch's
+    # The modern recipe's options (configs/*-modern*.yaml); each default is GPT-2's own.
+    # learned: a table of position embeddings; rotary: queries and keys rotated by their position (RoPE)
+    positions: Literal["learned", "rotary"] = option("learned", architecture=SOURCE)
+    rotary_base: float = option(10000.0, FINITE_POSITIVE, architecture=SOURCE)  # RoPE's theta
+    norm: Literal["layernorm", "rmsnorm"] = option("layernorm", architecture=SOURCE)  # every norm's kind
+    qk_norm: bool = option(False, architecture=SOURCE)  # RMS-normalise each head's queries and keys
+    activation: Literal["gelu", "relu2"] = option("gelu", architecture=SOURCE)  # the MLP's: GELU, ReLU²
+    # logits -> cap * tanh(logits / cap): a soft bound on them; None: none
+    logit_softcap: float | None = option(None, FINITE_POSITIVE, architecture=SOURCE)
+    # attention and MLP output projections start at zero: every block starts as the identity
+    zero_init_projections: bool = False
     # Start from pretrained weights (their architecture replaces the SOURCE keys above; dropout, padding
     # and a shorter context stay this config's): gpt2-124M|355M|774M|1558M (OpenAI's, downloaded), a
     # folder of OpenAI or Hugging Face GPT-2 files, or a gptdist checkpoint or run folder.
@@ -150,10 +162,16 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = option(4e-4, FINITE_POSITIVE)  # the peak learning rate
-    # applied to matrices (linear and embedding weights) only
+    # adamw: AdamW for every parameter. muon: Muon for the blocks' 2-D matrices, AdamW for the embeddings,
+    # the head, the norms' gains and the biases (training/muon.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    lr: float = option(4e-4, FINITE_POSITIVE)  # AdamW's peak learning rate
+    # AdamW's, applied to matrices (linear and embedding weights) only
     weight_decay: float = option(0.1, FINITE_NON_NEGATIVE)
     betas: tuple[float, float] = option((0.9, 0.95), BETAS)
+    muon_lr: float = option(0.02, FINITE_POSITIVE)  # Muon's peak learning rate, on the same schedule
+    muon_momentum: float = option(0.95, PROBABILITY)
+    muon_weight_decay: float = option(0.0, FINITE_NON_NEGATIVE)  # decoupled, on Muon's matrices
 
 
 @dataclass
@@ -161,7 +179,10 @@ class ScheduleConfig:
     warmup_steps: int = option(0, NON_NEGATIVE)  # linear warmup from initial_lr to optim.lr
     initial_lr: float = option(1e-5, FINITE_NON_NEGATIVE)
     min_lr: float = option(1e-5, FINITE_NON_NEGATIVE)  # the end of the half-cosine decay
-    decay: Literal["cosine", "constant"] = "cosine"  # after warmup
+    # after warmup: cosine (appendix D), constant, or wsd (stable at the peak, then a linear decay)
+    decay: Literal["cosine", "constant", "wsd"] = "cosine"
+    # wsd: the share of the steps after warmup spent decaying (the last ones)
+    decay_fraction: float = option(0.2, FRACTION)
 
 
 @dataclass

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 
 import pytest
 import torch
@@ -184,9 +185,17 @@ def saved_run(tmp_path_factory, verdict_data):
     return out
 
 
-def flipped(value):
-    """Another valid value of an architecture key: the other boolean, twice the number."""
-    return not value if isinstance(value, bool) else 2 * value
+def flipped(key, value):
+    """Another valid value of an architecture key: the other boolean or choice, twice the number, a number
+    for none."""
+    if isinstance(value, bool):
+        return not value
+    if value is None:
+        return 15.0
+    if isinstance(value, str):
+        return next(choice for choice in typing.get_args(typing.get_type_hints(config.ModelConfig)[key])
+                    if choice != value)
+    return 2 * value
 
 
 @pytest.mark.parametrize("key", config.ARCHITECTURE_KEYS)
@@ -195,11 +204,11 @@ def test_a_resume_with_any_architecture_key_changed_stops_with_one_line(saved_ru
     saved = store.read(newest)["config"]["model"][key]
     before = newest.read_bytes()
     result = run_main("gptdist.train", *train_args(verdict_data, saved_run, "train.max_steps=2",
-                                                   f"model.{key}={str(flipped(saved)).lower()}"))
+                                                   f"model.{key}={str(flipped(key, saved)).lower()}"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         f"gptdist.train: error: {newest} holds a checkpoint of another architecture (model.{key}: {saved!r} "
-        f"there, {flipped(saved)!r} here); use another run.out_dir or the checkpoint's model settings"]
+        f"there, {flipped(key, saved)!r} here); use another run.out_dir or the checkpoint's model settings"]
     assert store.checkpoint_paths(saved_run / "checkpoints") == [newest] and newest.read_bytes() == before
 
 

@@ -114,7 +114,8 @@ def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
 def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> GPTModel:
     """Copy weights into `model`: positions cut to its context, vocabulary rows padded (rows never looked
     up, logits masked); every shape checked."""
-    state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
+    if "pos_emb.weight" in state:  # learned positions (model.positions), cut to the model's context
+        state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
     for name in ("tok_emb.weight", "out_head.weight"):
         rows = state.get(name)
         if rows is not None and rows.shape[0] < model.padded_vocab:

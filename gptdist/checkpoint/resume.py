@@ -31,10 +31,20 @@ def check_nothing_after(payload: dict, folder: Path) -> None:
                         "run.out_dir or move the later checkpoints away")
 
 
-def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig) -> dict | None:
+def check_optimizer(payload: dict, optimizer: str) -> None:
+    """Refuse a checkpoint whose optimizer state is another optimizer's (optim.optimizer)."""
+    saved = payload["config"].get("optim", {}).get("optimizer", "adamw")  # before Muon: AdamW's
+    if saved != optimizer:
+        raise UserError(f"{payload['path']} holds the state of optim.optimizer {saved}, this run trains with "
+                        f"{optimizer}; resume with optim.optimizer={saved}, or train {optimizer} in another "
+                        "run.out_dir")
+
+
+def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig, optimizer: str) -> dict | None:
     """The checkpoint to resume from, read and verified, or None to start afresh.
 
-    `mode` is checkpoint.resume: auto (the newest good checkpoint in `folder`), never, or a path.
+    `mode` is checkpoint.resume: auto (the newest good checkpoint in `folder`), never, or a path;
+    `optimizer` is optim.optimizer, which the checkpoint's must be.
     """
     if mode == "never":
         if store.checkpoint_paths(folder):
@@ -49,4 +59,5 @@ def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig) -> dict | No
             raise UserError(f"no checkpoint in {folder} can be loaded; move them away to start afresh")
         return None
     check_architecture(payload["config"]["model"], model_cfg, payload["path"])
+    check_optimizer(payload, optimizer)
     return payload

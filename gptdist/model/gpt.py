@@ -1,4 +1,4 @@
-"""The GPT-2 model of the book's chapter 4, read top-down: attention -> MLP -> block -> GPT.
+"""The GPT-2 model of the book's chapter 4, read top-down: norm -> rotary -> attention -> MLP -> block -> GPT.
 
 Parameter names follow the book (tok_emb, pos_emb, trf_blocks.N.att, .ff, .norm1,
 .norm2, final_norm, out_head), except that the query/key/value projections are one
@@ -7,6 +7,9 @@ and that the MLP's layers are named `ff.fc` and `ff.proj` (GPT-2's c_fc and c_pr
 
 Each module initialises its own weights (`init_weights`): a layer whose output is added to
 the residual stream knows it, and scales its init down with the depth, as GPT-2 does.
+
+The modern recipe's options (config.py, `model.positions` to `model.zero_init_projections`) change
+one piece each; with their defaults the model is GPT-2's, weight for weight and bit for bit.
 """
 
 import math
@@ -27,6 +30,39 @@ def init_linear(layer: nn.Linear, std: float) -> None:
         nn.init.zeros_(layer.bias)
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """model.norm: GPT-2's LayerNorm (with a bias when model.bias), or RMSNorm (a gain, no mean, no bias)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.emb_dim, eps=1e-5)
+    return nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE): channel i of each query and key head, paired with channel
+    i + head_dim/2, is rotated by the angle position * base^(-2i/head_dim) (the "rotate half" layout of
+    GPT-NeoX and Llama). Attention scores then depend on the distance between two tokens only."""
+
+    def __init__(self, head_dim: int, context_length: int, base: float):
+        super().__init__()
+        self.head_dim, self.context_length, self.base = head_dim, context_length, base
+        cos, sin = self.tables()
+        self.register_buffer("cos", cos, persistent=False)  # derived from the config: never saved
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every (position, channel pair) angle: (context_length, head_dim / 2), fp32."""
+        frequencies = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
+        angles = torch.outer(torch.arange(self.context_length, dtype=torch.float64), frequencies)
+        return angles.cos().float(), angles.sin().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, heads, tokens, head_dim), rotated by each token's position."""
+        tokens = x.shape[-2]
+        cos, sin = self.cos[:tokens].to(x.dtype), self.sin[:tokens].to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU)."""
 
@@ -36,6 +72,9 @@ class MultiHeadAttention(nn.Module):
         self.dropout = cfg.drop_rate
         self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.bias)
+        self.qk_norm = cfg.qk_norm
+        self.rotary = Rotary(cfg.emb_dim // cfg.n_heads, cfg.context_length, cfg.rotary_base) \
+            if cfg.positions == "rotary" else None
 
     def init_weights(self, residual_std: float) -> None:
         init_linear(self.qkv, STD)
@@ -45,6 +84,10 @@ class MultiHeadAttention(nn.Module):
         batch, tokens, dim = x.shape
         # (b, t, 3*d) -> 3 x (b, heads, t, head_dim)
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:  # unit RMS per head: the scores' scale no longer grows with the weights
+            q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         context = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -52,7 +95,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The 4x-wide MLP with GELU (tanh approximation, as GPT-2)."""
+    """The 4x-wide MLP with GELU (tanh approximation, as GPT-2), or ReLU² (model.activation relu2)."""
 
     # Checkpoints written before these layers had names (formats 1 and 2) call them by position.
     POSITIONAL_NAMES = {"layers.0.": "fc.", "layers.2.": "proj."}  # then: now
@@ -60,6 +103,7 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, bias=cfg.bias)
+        self.relu2 = cfg.activation == "relu2"
         self.gelu = nn.GELU(approximate="tanh")
         self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, bias=cfg.bias)
 
@@ -68,22 +112,23 @@ class FeedForward(nn.Module):
         init_linear(self.proj, residual_std)  # its output joins the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.gelu(self.fc(x)))
+        hidden = self.fc(x)
+        return self.proj(F.relu(hidden).square() if self.relu2 else self.gelu(hidden))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+    """Pre-norm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.norm1 = make_norm(cfg)
         self.att = MultiHeadAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.norm2 = make_norm(cfg)
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def init_weights(self, residual_std: float) -> None:
-        self.norm1.reset_parameters()  # ones and zeros
+        self.norm1.reset_parameters()  # ones (and zeros)
         self.att.init_weights(residual_std)
         self.norm2.reset_parameters()
         self.ff.init_weights(residual_std)
@@ -94,7 +139,8 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """Token + position embeddings, n_layers blocks, final norm, linear head to vocabulary logits."""
+    """Token (+ learned position) embeddings, n_layers blocks, final norm, linear head to vocabulary
+    logits (soft-capped with model.logit_softcap)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -110,10 +156,10 @@ class GPTModel(nn.Module):
         padding_bias[cfg.vocab_size :] = float("-inf")
         self.register_buffer("padding_bias", padding_bias, persistent=False)
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.positions == "learned" else None
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5, bias=cfg.bias)
+        self.final_norm = make_norm(cfg)
         self.out_head = nn.Linear(cfg.emb_dim, self.padded_vocab, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
@@ -127,32 +173,41 @@ class GPTModel(nn.Module):
         """
         if self.cfg.init == "torch":
             for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)):
                     module.reset_parameters()
-            return
-        # Two residual additions per block, each adding its projection's variance: GPT-2 keeps the
-        # stream's scale by shrinking those projections with the depth.
-        residual_std = STD / math.sqrt(2 * self.cfg.n_layers)
-        nn.init.normal_(self.tok_emb.weight, std=STD)
-        nn.init.normal_(self.pos_emb.weight, std=STD)
-        for block in self.trf_blocks:
-            block.init_weights(residual_std)
-        self.final_norm.reset_parameters()
-        nn.init.normal_(self.out_head.weight, std=STD)
+        else:
+            # Two residual additions per block, each adding its projection's variance: GPT-2 keeps
+            # the stream's scale by shrinking those projections with the depth.
+            residual_std = STD / math.sqrt(2 * self.cfg.n_layers)
+            nn.init.normal_(self.tok_emb.weight, std=STD)
+            if self.pos_emb is not None:
+                nn.init.normal_(self.pos_emb.weight, std=STD)
+            for block in self.trf_blocks:
+                block.init_weights(residual_std)
+            self.final_norm.reset_parameters()
+            nn.init.normal_(self.out_head.weight, std=STD)
+        if self.cfg.zero_init_projections:  # each block adds nothing at first; its gradients still flow
+            for block in self.trf_blocks:
+                for projection in (block.att.out_proj, block.ff.proj):
+                    nn.init.zeros_(projection.weight)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         tokens = idx.shape[1]
         if tokens > self.cfg.context_length:
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length "
                              f"{self.cfg.context_length}")
-        positions = torch.arange(tokens, device=idx.device)
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
-        x = self.final_norm(self.trf_blocks(x))
-        if self.padded_vocab == self.cfg.vocab_size:
-            return self.out_head(x)
-        if self.cfg.vocab_padding == "slice":
-            return self.out_head(x)[..., : self.cfg.vocab_size]
-        return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(tokens, device=idx.device))
+        x = self.final_norm(self.trf_blocks(self.drop_emb(x)))
+        cap = self.cfg.logit_softcap
+        padded = self.padded_vocab > self.cfg.vocab_size
+        if padded and self.cfg.vocab_padding == "bias" and cap is None:
+            return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
+        logits = self.out_head(x)
+        if padded:  # sliced off: under a cap, a -inf bias would become -cap
+            logits = logits[..., : self.cfg.vocab_size]
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once
@@ -163,6 +218,6 @@ class GPTModel(nn.Module):
         An untied token embedding is a lookup, not a matmul; tied, it is also the head and counts.
         """
         token_lookups = 0 if self.cfg.tie_embeddings else self.tok_emb.weight.numel()
-        lookups = self.pos_emb.weight.numel() + token_lookups
+        lookups = (self.pos_emb.weight.numel() if self.pos_emb is not None else 0) + token_lookups
         return self.num_params() - lookups
 

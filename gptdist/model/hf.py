@@ -148,8 +148,20 @@ def hf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor],
     return {name: tensor.detach().to(dtype).contiguous() for name, tensor in tensors.items()}
 
 
+# The model options a transformers GPT-2 computes only at their defaults (GPT-2's own); no transformers
+# architecture computes a GPTModel with any of them changed (nanochat's has no norm gains and norms
+# the embeddings).
+FUNCTION_KEYS = ("positions", "norm", "qk_norm", "activation", "logit_softcap")
+
+
 def check_exportable(cfg: ModelConfig) -> None:
     """Refuse, in one line, what a transformers GPT-2 with GPT-2's tokenizer cannot be faithfully."""
+    gpt2_model = ModelConfig()
+    for key in FUNCTION_KEYS:
+        if getattr(cfg, key) != getattr(gpt2_model, key):
+            raise UserError(f"model.{key} is {getattr(cfg, key)!r}: a transformers GPT-2 computes only "
+                            f"{getattr(gpt2_model, key)!r}, and no other transformers architecture computes "
+                            "this model's function; it cannot be exported")
     if cfg.vocab_size < GPT2_VOCAB_SIZE:
         raise UserError(f"model.vocab_size {cfg.vocab_size} is smaller than the GPT-2 tokenizer's "
                         f"{GPT2_VOCAB_SIZE} tokens: the exported tokenizer would produce ids the model lacks")

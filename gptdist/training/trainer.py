@@ -28,13 +28,12 @@ from ..errors import UserError
 from ..model.gpt import GPTModel
 from ..observe.flops import device_peak, flops_per_token
 from ..observe.throughput import Throughput
-from . import precision
+from . import optimizer, precision
 from .evaluator import Evaluator
 from .guard import NonFiniteGuard, check_finite_weights
-from .optimizer import adamw
 from .parallelize import parallelize
 from .run_log import RunLog
-from .schedule import WarmupCosineSchedule
+from .schedule import WarmupDecaySchedule
 from .stopping import StopRequest
 
 
@@ -48,12 +47,14 @@ class Trainer:
         self.log = RunLog(cfg, ctx, Path(cfg.run.out_dir))
         self.checkpointer = Checkpointer(Path(cfg.run.out_dir) / "checkpoints", cfg.checkpoint.keep, ctx,
                                          background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded)
-        resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.model)
+        resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.model,
+                                cfg.optim.optimizer)
         self.startup = {"data_verify_s": self._build_data(resume)}
         self._build_model(None if resume else init_weights)
-        self.optimizer = adamw(self.model, cfg.optim)  # fused: it skips non-finite steps on the device
+        # AdamW fused, or Muon with it: either skips a non-finite step on the device
+        self.optimizer = optimizer.build(self.model, cfg.optim)
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
-        self.schedule = WarmupCosineSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps)
+        self.schedule = WarmupDecaySchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps)
         torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
         self.states = {"model": ModelState(self.model),
                        "optimizer": OptimizerState(self.model, self.optimizer),

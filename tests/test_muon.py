@@ -1,0 +1,128 @@
+"""optim.optimizer muon: Muon's update against torch.optim.Muon, the device-side skip, and training under
+ddp and fsdp, with accumulation, a kill -9 and a resume."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import REPO, newest_model, run_main, same_weights, torchrun_command, train_args
+
+from gptdist.checkpoint import sharded, store
+from gptdist.config import ModelConfig, OptimConfig
+from gptdist.model.gpt import GPTModel
+from gptdist.training import optimizer
+from gptdist.training.muon import MuonAdamW
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+MUON = ("optim.optimizer=muon", "optim.muon_lr=0.02", "model.drop_rate=0.0", "checkpoint.interval=2",
+        "checkpoint.keep=5", "eval.interval=100")
+
+
+def test_the_update_of_one_matrix_is_torchs_muon():
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.randn(48, 16)), torch.nn.Parameter(torch.randn(48, 16))
+    with torch.no_grad():
+        theirs.copy_(ours)
+    gains = [{"params": [torch.nn.Parameter(torch.ones(16))]}]  # AdamW's part, not stepped here
+    muon = MuonAdamW([ours], gains, muon_lr=0.05, momentum=0.9, muon_weight_decay=0.1, lr=1e-3,
+                     betas=(0.9, 0.95))
+    muon.ns_dtype = torch.bfloat16  # torch orthogonalises in bf16; on a CPU gptdist uses fp32 (muon.py)
+    reference = torch.optim.Muon([theirs], lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True)
+    for _ in range(3):
+        grad = torch.randn(48, 16)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        muon.step()
+        reference.step()
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert not torch.equal(ours, torch.randn(48, 16))
+
+
+def test_fp32_orthogonalisation_is_close_to_bf16s():
+    from gptdist.training.muon import orthogonalise
+    matrix = torch.randn(64, 256)
+    exact, fast = orthogonalise(matrix, torch.float32), orthogonalise(matrix, torch.bfloat16).float()
+    assert (exact - fast).abs().max() < 0.05 and exact.shape == (64, 256)
+    singular = torch.linalg.svdvals(exact)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # near-orthogonal rows, as Muon's iteration gives
+
+
+def test_a_non_finite_step_changes_nothing():
+    model = GPTModel(ModelConfig(emb_dim=32, n_heads=2, n_layers=1, context_length=8, vocab_size=50))
+    muon = optimizer.build(model, OptimConfig(optimizer="muon"))
+    model(torch.randint(0, 50, (2, 8))).sum().backward()
+    muon.found_inf = torch.zeros(())
+    muon.step()  # moments exist now
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    moments = [t.clone() for state in muon.state.values() for t in state.values()]
+    for param in model.parameters():
+        param.grad = torch.full_like(param, float("nan"))
+    muon.found_inf = torch.ones(())
+    muon.step()
+    assert same_weights(model.state_dict(), before)
+    assert all(torch.equal(a, b) for a, b in
+               zip(moments, [t for state in muon.state.values() for t in state.values()], strict=True))
+    kinds = {group["kind"]: len(group["params"]) for group in muon.param_groups}
+    assert kinds["muon"] == 4  # qkv, out_proj, fc, proj of the one block; the rest is AdamW's
+
+
+def train(command, check=True):
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def full_weights(out):
+    """The newest checkpoint's weights, from a file or a sharded folder."""
+    path = store.checkpoint_paths(out / "checkpoints")[-1]
+    if not sharded.is_sharded(path):
+        return store.read(path)["model"]
+    model = GPTModel(ModelConfig(**store.read(path)["config"]["model"]))
+    sharded.load_model(path, model)
+    return model.state_dict()
+
+
+@pytest.mark.slow
+def test_two_processes_are_one_with_accumulation_and_fsdp_is_ddp(tmp_path, verdict_data):
+    run = (*MUON, "train.max_steps=3", "train.micro_batch_size=4")
+    train(torchrun_command(1, *train_args(verdict_data, tmp_path / "one", *run, "train.grad_accum_steps=2")))
+    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "ddp", *run)))
+    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "fsdp", *run, "train.parallel=fsdp",
+                                          "checkpoint.sharded=true")))
+    one, ddp, fsdp = (full_weights(tmp_path / name) for name in ("one", "ddp", "fsdp"))
+    for name in one:
+        torch.testing.assert_close(ddp[name], one[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
+    run = (*MUON, "train.max_steps=6")
+    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the agent and its workers at once
+    proc.wait()
+    assert not (killed / "checkpoints" / "step_00000006.pt").exists(), "the run ended before the kill"
+    train(torchrun_command(2, *train_args(verdict_data, killed, *run)))
+    assert same_weights(newest_model(killed), newest_model(tmp_path / "whole"))
+    state = store.read(store.checkpoint_paths(killed / "checkpoints")[-1])["optimizer"]["state"]
+    assert any("momentum_buffer" in values for values in state.values())  # Muon's momentum was saved
+
+
+def test_a_checkpoint_of_another_optimizer_stops_with_one_line(tmp_path, verdict_data):
+    out = tmp_path / "run"
+    assert run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0
+    result = run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=2",
+                                                   "optim.optimizer=muon"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert "holds the state of optim.optimizer adamw, this run trains with muon" in lines[0]
