@@ -3,6 +3,9 @@
 #   bash benchmarks/gpu.sh NANOGPT_DIR [PART ...]      (from the repository root; default: compare shipped)
 # NANOGPT_DIR is a nanoGPT checkout (its model.py is imported). PARTs, each a few minutes (every run
 # compiles for 20-40 s); a session with a 10-minute limit runs them one call each:
+#   quick    for a short loan (<= 6 minutes with compiles, 10 timed steps a run): gptdist and nanoGPT at
+#            124M micro-batch 16 and 64 and 355M at 16, the modern recipe (configs/gutenberg-gpt2-124m-modern.yaml)
+#            at 124M micro-batch 16 and 64, and one checkpoint save's stall
 #   compare  GPT-2 124M at micro-batch 16, 32 and 64, 355M at 16: nanoGPT and gptdist alternating
 #   shipped  configs/gutenberg-gpt2-124m.yaml as shipped, under torchrun --nproc_per_node=1
 #   modes    torch.compile modes (max-autotune, CUDA graphs) and no compile, 124M at micro-batch 32
@@ -24,7 +27,7 @@
 # models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [compare|shipped|modes|model|fp8|checkpoint|fsdp|all ...]}
+NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [quick|compare|shipped|modes|model|fp8|checkpoint|fsdp|all ...]}
 shift
 PARTS=${*:-compare shipped}
 [ "$PARTS" = all ] && PARTS="compare shipped modes model fp8 checkpoint fsdp"
@@ -32,9 +35,11 @@ OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-python benchmarks/synthetic_shards.py --tokens 50000000 --out "$TMP/tokens"
+python3 benchmarks/synthetic_shards.py --tokens 50000000 --out "$TMP/tokens"
 SMALL=configs/gutenberg-gpt2-124m.yaml
 MEDIUM=configs/gutenberg-gpt2-medium.yaml
+MODERN=configs/gutenberg-gpt2-124m-modern.yaml
+[ "$PARTS" = quick ] && BENCH_STEPS=${BENCH_STEPS:---steps 10 --warmup 3}
 read -r -a STEPS <<<"${BENCH_STEPS:---steps 30 --warmup 8}"
 read -r -a GPTDIST_EXTRA <<<"${GPTDIST_ARGS:-}"
 read -r -a NANOGPT_EXTRA <<<"${NANOGPT_ARGS:-}"
@@ -45,17 +50,17 @@ record() {
   shift 2
   echo "== $shape: $label" >&2
   if "$@" >"$TMP/log" 2>&1; then
-    grep '^{' "$TMP/log" | tail -1 | python benchmarks/gpu_report.py --tag "$shape" "$label" | tee -a "$OUT"
+    grep '^{' "$TMP/log" | tail -1 | python3 benchmarks/gpu_report.py --tag "$shape" "$label" | tee -a "$OUT"
   else
-    tail -c 600 "$TMP/log" | python benchmarks/gpu_report.py --error "$shape" "$label" | tee -a "$OUT"
+    tail -c 600 "$TMP/log" | python3 benchmarks/gpu_report.py --error "$shape" "$label" | tee -a "$OUT"
   fi
 }
 gptdist() {
-  python -m gptdist.bench train --config "$1" "${STEPS[@]}" data.dir="$TMP/tokens" train.grad_accum_steps=1 "${@:2}" \
+  python3 -m gptdist.bench train --config "$1" "${STEPS[@]}" data.dir="$TMP/tokens" train.grad_accum_steps=1 "${@:2}" \
     "${GPTDIST_EXTRA[@]}"
 }
 nanogpt() {
-  python benchmarks/nanogpt_compare.py --nanogpt-dir "$NANOGPT_DIR" --data "$TMP/tokens" --device cuda --compile \
+  python3 benchmarks/nanogpt_compare.py --nanogpt-dir "$NANOGPT_DIR" --data "$TMP/tokens" --device cuda --compile \
     --block-size 1024 --log-interval 10 "${STEPS[@]}" "$@" "${NANOGPT_EXTRA[@]}"
 }
 NANO_124M=(--n-layer 12 --n-head 12 --n-embd 768)
@@ -63,6 +68,17 @@ NANO_355M=(--n-layer 24 --n-head 16 --n-embd 1024)
 
 for part in $PARTS; do
   case $part in
+    quick)  # each row is appended as soon as it is measured: a loan cut short keeps what it measured
+      record "124M mb16" gptdist gptdist $SMALL train.micro_batch_size=16
+      record "124M mb16" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 16
+      record "124M mb16" "gptdist modern" gptdist $MODERN train.micro_batch_size=16
+      record "124M mb64" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 64
+      record "124M mb64" gptdist gptdist $SMALL train.micro_batch_size=64
+      record "124M mb64" "gptdist modern" gptdist $MODERN train.micro_batch_size=64
+      record "355M mb16" gptdist gptdist $MEDIUM train.micro_batch_size=16
+      record "355M mb16" nanogpt nanogpt "${NANO_355M[@]}" --batch-size 16
+      record "124M checkpoint" "gptdist save" python3 -m gptdist.bench checkpoint --config $SMALL --rounds 1 \
+        data.dir="$TMP/tokens" "${GPTDIST_EXTRA[@]}" ;;
     compare)  # the order flips from shape to shape, so that drift in the machine hits both alike
       record "124M mb16" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 16
       record "124M mb16" gptdist gptdist $SMALL train.micro_batch_size=16
@@ -91,21 +107,21 @@ for part in $PARTS; do
       for recipe in tensorwise rowwise; do
         record "355M mb16" "gptdist float8=$recipe" gptdist $MEDIUM train.micro_batch_size=16 train.float8=$recipe
       done
-      if python -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import bench
+      if python3 -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import bench
 tokenizer.gpt2_encoding(); bench.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB:-32})" 2>/dev/null; then
-        python -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
+        python3 -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
         for recipe in null tensorwise; do
-          python -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \
+          python3 -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \
             train.micro_batch_size=16 train.grad_accum_steps=1 train.max_steps="${CURVE_STEPS:-150}" \
             logging.interval=10 eval.interval=1000 checkpoint.interval=1000 schedule.warmup_steps=20 \
             train.float8=$recipe "${GPTDIST_EXTRA[@]}" >/dev/null 2>&1
         done
-        python benchmarks/gpu_report.py --curves "355M mb16" "$TMP/curve-null" "$TMP/curve-tensorwise" | tee -a "$OUT"
+        python3 benchmarks/gpu_report.py --curves "355M mb16" "$TMP/curve-null" "$TMP/curve-tensorwise" | tee -a "$OUT"
       else
         echo "fp8: no loss curve: The Verdict or tiktoken's files are not cached here" >&2
       fi ;;
     checkpoint)
-      record "124M checkpoint" "gptdist save" python -m gptdist.bench checkpoint --config $SMALL data.dir="$TMP/tokens" \
+      record "124M checkpoint" "gptdist save" python3 -m gptdist.bench checkpoint --config $SMALL data.dir="$TMP/tokens" \
         "${GPTDIST_EXTRA[@]}" ;;
     fsdp)
       for parallel in ddp fsdp; do
@@ -118,7 +134,7 @@ tokenizer.gpt2_encoding(); bench.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB
         record "gpt2-$size fsdp" "gptdist memory" torchrun --standalone --nproc_per_node=1 -m gptdist.bench memory \
           --config configs/gutenberg-gpt2-$size.yaml data.dir="$TMP/tokens" train.grad_accum_steps=1 "${GPTDIST_EXTRA[@]}"
       done ;;
-    *) echo "unknown part $part (compare, shipped, modes, model, fp8, checkpoint, fsdp, all)" >&2; exit 2 ;;
+    *) echo "unknown part $part (quick, compare, shipped, modes, model, fp8, checkpoint, fsdp, all)" >&2; exit 2 ;;
   esac
 done
-python benchmarks/gpu_report.py "$OUT"
+python3 benchmarks/gpu_report.py "$OUT"

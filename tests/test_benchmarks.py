@@ -68,3 +68,62 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
     # the table for docs/performance.md
     assert "| 124M mb16 | gptdist |" in stdout
     assert "| 124M checkpoint | gptdist save | training stopped" in stdout
+
+
+@pytest.mark.slow
+def test_time_to_loss_trains_the_three_programs_and_ends_with_the_summary(tmp_path, verdict_data):
+    if not (NANOGPT / "model.py").is_file():
+        pytest.skip(f"nanoGPT's model.py is not at {NANOGPT}")
+    results, plot = tmp_path / "results.jsonl", tmp_path / "curves.png"
+    tiny = ["model.n_layers=1", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",
+            "train.micro_batch_size=4"]
+    command = ["bash", "benchmarks/time_to_loss.sh", str(NANOGPT), "--data", str(verdict_data), "--budget",
+               "3", "--sweep", "--results", str(results), "--plot", str(plot), *tiny]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    programs = {"gptdist-gpt2", "gptdist-modern", "nanogpt"}
+    assert summary["kind"] == "summary" and set(summary["final_val_loss"]) == programs
+    assert summary["seconds_to_target"]["gptdist-gpt2"] is not None
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    sweeps = [row for row in rows if row["kind"] == "sweep"]
+    assert [row["program"] for row in sweeps] == ["gptdist-gpt2"] * 4 + ["gptdist-modern"] * 4
+    curves = [row for row in rows if row["kind"] == "curve"]
+    assert {row["program"] for row in curves} == programs
+    for program in ("gptdist-gpt2", "gptdist-modern"):  # each trained with its sweep's best rates
+        best = min((row["final_val_loss"], row["overrides"]) for row in sweeps if row["program"] == program)
+        assert [row["overrides"] for row in curves if row["program"] == program] == [best[1]]
+    for row in curves:
+        seconds, tokens, losses = zip(*row["points"], strict=True)
+        assert len(seconds) >= 3 and list(tokens) == sorted(tokens) and list(seconds) == sorted(seconds)
+        assert losses[-1] < losses[0]  # every program learned something
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tmp_path, download_cache):
+    """`gpu.sh quick` as a short GPU loan runs it, on a CPU with tiny models, where `python` does not exist
+    (the GPU machines have only python3)."""
+    if not (NANOGPT / "model.py").is_file():
+        pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
+    no_python = tmp_path / "bin"
+    no_python.mkdir()
+    (no_python / "python").write_text("#!/bin/sh\necho 'python: not here, call python3' >&2\nexit 127\n")
+    (no_python / "python").chmod(0o755)
+    results = tmp_path / "quick.jsonl"
+    env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
+           "NANOGPT_ARGS": TINY_NANOGPT, "RESULTS": str(results), "OMP_NUM_THREADS": "1",
+           "PATH": f"{no_python}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "quick"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and "not here" not in result.stderr, result.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert not [r for r in rows if "error" in r]
+    runs = [(r["shape"], r["label"]) for r in rows if "tokens_per_sec" in r]
+    assert runs == [("124M mb16", "gptdist"), ("124M mb16", "nanogpt"), ("124M mb16", "gptdist modern"),
+                    ("124M mb64", "nanogpt"), ("124M mb64", "gptdist"), ("124M mb64", "gptdist modern"),
+                    ("355M mb16", "gptdist"), ("355M mb16", "nanogpt")]  # in the order they ran
+    (save,) = [r for r in rows if r["shape"] == "124M checkpoint"]
+    assert save["stall_s"] > 0
+    ratios = {(r["shape"], r["label"]) for r in rows if r["label"].startswith("ratio ")}
+    assert ("124M mb16", "ratio gptdist / nanogpt") in ratios

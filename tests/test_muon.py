@@ -118,6 +118,34 @@ def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
     assert any("momentum_buffer" in values for values in state.values())  # Muon's momentum was saved
 
 
+@pytest.mark.slow
+def test_a_muon_run_continues_on_another_world_size_with_its_momentum(tmp_path, verdict_data):
+    """2 processes to step 2, then 1 process (accumulating to the same global batch) to step 4: the weights
+    of the uninterrupted 2-process run, within float tolerance; without the saved momentum they differ."""
+    run = (*MUON, "train.max_steps=4", "train.micro_batch_size=4")
+    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
+    moved = tmp_path / "moved"
+    train(torchrun_command(2, *train_args(verdict_data, moved, *MUON, "train.max_steps=2",
+                                          "train.micro_batch_size=4")))
+    train(torchrun_command(1, *train_args(verdict_data, moved, *run)))
+    whole, continued = newest_model(tmp_path / "whole"), newest_model(moved)
+    for name in whole:
+        torch.testing.assert_close(continued[name], whole[name], atol=1e-5, rtol=0)
+    forgotten = tmp_path / "forgotten"  # the same, but the momentum dropped from the step-2 checkpoint
+    train(torchrun_command(2, *train_args(verdict_data, forgotten, *MUON, "train.max_steps=2",
+                                          "train.micro_batch_size=4")))
+    path = store.checkpoint_paths(forgotten / "checkpoints")[-1]
+    payload = torch.load(path, weights_only=True)
+    for values in payload["optimizer"]["state"].values():
+        if "momentum_buffer" in values:
+            values["momentum_buffer"].zero_()
+    payload.pop("checksum")
+    torch.save({**payload, "checksum": store.content_digest(payload)}, path)  # still a valid checkpoint
+    train(torchrun_command(1, *train_args(verdict_data, forgotten, *run)))
+    difference = max((newest_model(forgotten)[n] - whole[n]).abs().max().item() for n in whole)
+    assert difference > 1e-4
+
+
 def test_a_checkpoint_of_another_optimizer_stops_with_one_line(tmp_path, verdict_data):
     out = tmp_path / "run"
     assert run_main("gptdist.train", *train_args(verdict_data, out, "train.max_steps=1")).returncode == 0

@@ -28,6 +28,11 @@ class Throughput:
         self.start_step = self.last_step = step
         self.warm_time = self.warm_step = None  # set after the first step (compilation, warm-up)
 
+    def elapsed(self) -> float:
+        """Seconds since the loop began (0 before it has): evaluations and checkpoints included."""
+        started = getattr(self, "started", None)
+        return 0.0 if started is None else time.perf_counter() - started
+
     def first_step_done(self, device: torch.device) -> float:
         """Seconds from the start to the end of the first step, compilation included (syncs once)."""
         synchronize(device)

@@ -35,12 +35,14 @@ class Evaluator:
                      for windows in self.splits.values())
 
     def evaluate(self) -> tuple[dict, str]:
-        """(train_loss, val_loss, val_ppl and the seconds they took, a sample from sample.prompt)."""
+        """(train_loss, val_loss, val_ppl and the seconds they and the sample took, a sample from
+        sample.prompt)."""
         start = time.perf_counter()
         train_loss, val_loss = self.losses()
+        sample = self.sample()
         row = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss),
                "eval_s": round(time.perf_counter() - start, 3)}
-        return row, self.sample()
+        return row, sample
 
     def sample(self) -> str:
         sample = self.cfg.sample

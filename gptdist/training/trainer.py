@@ -224,8 +224,9 @@ class Trainer:
         self.guard.stop_if_diverged(self.progress.step, self.checkpointer.newest)
 
     def _evaluate(self) -> None:
+        elapsed = round(self.throughput.elapsed(), 3)  # when it began: loss against time (benchmarks/)
         row, sample = self.evaluator.evaluate()
-        self.log.evaluation({**self._position(), **row}, sample)
+        self.log.evaluation({**self._position(), "elapsed_s": elapsed, **row}, sample)
 
     def _score_hellaswag(self) -> None:
         scores = self.evaluator.hellaswag()
