@@ -137,14 +137,7 @@ def replace_folder(out: Path, kind: Kind, overwrite: bool, fill: Callable[[Path]
 def remove_own(path: Path, kind: Kind) -> bool:
     """Delete `path` if it is `kind` (a file, or a folder of only `kind`'s entries; a link is never
     followed). Returns whether it was removed."""
-    if path.is_symlink() or not path.exists():
+    if path.is_symlink() or not path.exists() or kind.foreign(path):
         return False
-    if path.is_dir():
-        if kind.foreign(path):
-            return False
-        shutil.rmtree(path)
-    elif kind.foreign(path):
-        return False
-    else:
-        path.unlink()
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     return True

@@ -21,6 +21,7 @@ class Throughput:
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.peak_flops, self.peak_source = peak
         self.world_size, self.total_steps = world_size, total_steps
+        self.started = None  # set when the loop begins (`start`)
 
     def start(self, step: int) -> None:
         """The loop begins at `step` (0, or where a resumed run continues)."""
@@ -30,8 +31,7 @@ class Throughput:
 
     def elapsed(self) -> float:
         """Seconds since the loop began (0 before it has): evaluations and checkpoints included."""
-        started = getattr(self, "started", None)
-        return 0.0 if started is None else time.perf_counter() - started
+        return 0.0 if self.started is None else time.perf_counter() - self.started
 
     def first_step_done(self, device: torch.device) -> float:
         """Seconds from the start to the end of the first step, compilation included (syncs once)."""
