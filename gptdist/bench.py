@@ -27,6 +27,10 @@ from .training import bench as training_bench
 def print_table(result: dict) -> None:
     width = max(map(len, result))
     for key, value in result.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):  # one row per rank
+            for row in value:
+                print(f"{key:<{width}}  " + ", ".join(f"{k} {v}" for k, v in row.items()), file=sys.stderr)
+            continue
         shown = f"{value:,.4g}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}", file=sys.stderr)
 

@@ -132,6 +132,15 @@ def all_gather_objects(obj) -> list:
     return gathered
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (pickled: for small objects); `obj` itself when running alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    carried = [obj]
+    dist.broadcast_object_list(carried, src=0)
+    return carried[0]
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a tensor: the local shard of an FSDP parameter, any other tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor

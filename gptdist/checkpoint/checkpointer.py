@@ -7,8 +7,10 @@ instead, every rank writing its shards (sharded.py), and the rest beside them.
 
 A save stops training only to copy the state into host memory (snapshot.py); rank 0 then
 digests, serialises, writes, syncs, renames and prunes in a background thread while
-training goes on. One write is in flight at most: the next save waits for it. A write
-that fails is reported at the next step boundary (`poll`) or save (`wait`) and stops the run.
+training goes on. Only the ranks that write take a copy: under ddp rank 0 alone (the others'
+state is the same), under checkpoint.sharded every rank its own shards. One write is in
+flight at most: the next save waits for it, and says so once. A write that fails is
+reported at the next step boundary (`poll`) or save (`wait`) and stops the run.
 """
 
 import time
@@ -33,27 +35,33 @@ class Stateful(Protocol):
 
 @dataclass
 class Saved:
-    """A checkpoint on disk, and what it cost: training stopped for stall_s, the background took write_s."""
+    """A checkpoint on disk, and what it cost: training stopped for stall_s, of which waited_s waiting for the
+    previous write and snapshot_s copying the state to host memory; the background took write_s."""
 
     step: int
     path: Path
     bytes: int
     stall_s: float
     write_s: float
+    snapshot_s: float = 0.0
+    waited_s: float = 0.0
 
 
 class Checkpointer:
     def __init__(self, folder: Path, keep: int, ctx: distributed.Dist, background: bool = True,
-                 sharded: bool = False):
+                 sharded: bool = False, interval: int | None = None):
         self.folder, self.keep, self.ctx, self.background = Path(folder), keep, ctx, background
         self.sharded = sharded and ctx.enabled  # alone, a sharded checkpoint is the whole state: one file
-        self.snapshot = HostSnapshot(ctx.device)
+        self.interval = interval  # checkpoint.interval, named when saves outpace writes
         # Under checkpoint.sharded every rank writes, in a thread of its own whose collectives need
         # a group of their own: two threads taking turns on one group would mismatch their calls.
         self.group = dist.new_group(backend="gloo") if self.sharded else None
         writes = ctx.is_main or self.sharded
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="gptdist-checkpoint") if writes else None
-        self.in_flight: tuple[Future, int, Path, float] | None = None  # (write, step, path, stall_s)
+        # host buffers on the ranks that write, and nowhere else
+        self.snapshot = HostSnapshot(ctx.device) if writes else None
+        self.in_flight: tuple[Future, Saved] | None = None  # the write and its row, bytes and write_s to come
+        self.outpaced = False  # whether a save has waited for the previous write yet
         # a killed run's half-written file or folder: never a checkpoint (only what a save writes goes)
         if ctx.is_main and self.folder.is_dir():
             for stale in self.folder.glob(store.temporary(self.folder / "step_*").name):
@@ -67,14 +75,18 @@ class Checkpointer:
         top-level values for readers (step, epoch, tokens_seen).
         """
         start = time.perf_counter()
+        outpaced = self.in_flight is not None and not self.in_flight[0].done()
         finished = self.wait()  # the snapshot's buffers are the previous write's
-        shards = {name: states[name].sharded_state_dict() for name in sharded.SHARDED_STATES
-                  } if self.sharded else {}
-        small = {name: state.state_dict() for name, state in states.items() if name not in shards}
-        staged = self.snapshot.take({"shards": shards, "small": small})
-        if self.ctx.is_main:
-            staged["small"].update(summary, format=store.FORMAT, config=config)
+        waited_s = time.perf_counter() - start
+        if outpaced:
+            self._say_outpaced(waited_s)
+        # every rank takes part in the state dicts (they may gather); the ranks that write copy them
+        states = self._state_dicts(states)
         if self.writer is not None:  # every rank under checkpoint.sharded, else rank 0 alone
+            copying = time.perf_counter()
+            staged = self.snapshot.take(states)
+            if self.ctx.is_main:
+                staged["small"].update(summary, format=store.FORMAT, config=config)
             if self.sharded:
                 path = self.folder / f"step_{step:08d}"
                 write = self.writer.submit(store.write_sharded, staged["shards"], staged["small"], path,
@@ -82,13 +94,35 @@ class Checkpointer:
             else:
                 path = self.folder / f"step_{step:08d}.pt"
                 write = self.writer.submit(store.write, staged["small"], path, self.keep)
-            self.in_flight = (write, step, path, time.perf_counter() - start)
+            self.in_flight = (write, Saved(step, path, 0, round(time.perf_counter() - start, 4), 0.0,
+                                           round(time.perf_counter() - copying, 4), round(waited_s, 4)))
         if self.background:
             return finished
         saved = self.wait()
         if saved is not None:  # all of it stopped training
             saved.stall_s = round(time.perf_counter() - start, 4)
         return saved
+
+    def reserve(self, states: dict[str, Stateful]) -> None:
+        """Every rank, before the first save is due (after the first step, when the optimizer's state
+        exists): the host buffers of a snapshot allocated now, so that the first save only copies."""
+        states = self._state_dicts(states)
+        if self.snapshot is not None:
+            self.snapshot.reserve(states)
+
+    def _state_dicts(self, states: dict[str, Stateful]) -> dict:
+        shards = {name: states[name].sharded_state_dict() for name in sharded.SHARDED_STATES
+                  } if self.sharded else {}
+        return {"shards": shards,
+                "small": {name: state.state_dict() for name, state in states.items() if name not in shards}}
+
+    def _say_outpaced(self, waited_s: float) -> None:
+        if not self.outpaced:
+            self.outpaced = True
+            every = f" (checkpoint.interval {self.interval})" if self.interval else ""
+            distributed.print0(f"a save waited {waited_s:.2f} s for the previous write to finish: saves come "
+                               f"faster than writes{every}; a longer checkpoint.interval keeps training from "
+                               "waiting")
 
     def newest(self) -> Path | None:
         """The newest checkpoint on disk, if any."""
@@ -115,10 +149,11 @@ class Checkpointer:
         return finished
 
     def _finish(self) -> Saved:
-        write, step, path, stall_s = self.in_flight
+        write, saved = self.in_flight
         self.in_flight = None
-        size, write_s = write.result()
-        return Saved(step, path, size, round(stall_s, 4), round(write_s, 4))
+        saved.bytes, saved.write_s = write.result()
+        saved.write_s = round(saved.write_s, 4)
+        return saved
 
     def close(self) -> Saved | None:
         """On any exit, on this rank alone: the write in flight completes (or reports why not)."""
@@ -130,9 +165,13 @@ class Checkpointer:
 
     @staticmethod
     def restore(payload: dict, states: dict[str, Stateful]) -> None:
-        """Load a checkpoint `store.read` returned into `states` (its shards first, if it has any)."""
+        """Every rank: load the checkpoint `resume.resume_payload` gave into `states`. A sharded one's shards
+        come from its folder (each rank reads its own); a file's model and optimizer are rank 0's alone,
+        which the states broadcast to the others as they load."""
         if payload.get("sharded"):
             sharded.load(Path(payload["sharded"]), states)
         for name, state in states.items():
             if name in payload:  # of a sharded checkpoint: all but the model and optimizer
                 state.load_state_dict(payload[name])
+            elif name in sharded.SHARDED_STATES and not payload.get("sharded"):
+                state.load_state_dict({})  # a rank other than 0: receives rank 0's

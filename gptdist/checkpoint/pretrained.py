@@ -101,14 +101,19 @@ def _source(spec: str, ctx: distributed.Dist) -> Weights:
 
 
 def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
-    """model.init_from: the run's model with its source's architecture (the SOURCE keys; the run keeps
-    its dropout, padding, init and a context up to the source's), and the source's weights."""
+    """model.init_from: the run's model with its source's architecture, and the source's weights."""
     source, weights = _source(run.init_from, ctx)
+    return continued(run, source), weights
+
+
+def continued(run: ModelConfig, source: ModelConfig) -> ModelConfig:
+    """The run's model with `source`'s architecture (the SOURCE keys; the run keeps its dropout, padding,
+    init and a context up to the source's)."""
     if run.context_length > source.context_length:
         raise UserError(f"model.context_length {run.context_length} exceeds the {source.context_length} "
                         f"positions of model.init_from {run.init_from}")
-    continued = {**vars(run), "preset": None, **{key: getattr(source, key) for key in PRETRAINED_KEYS}}
-    return ModelConfig(**continued), weights
+    architecture = {key: getattr(source, key) for key in PRETRAINED_KEYS}
+    return ModelConfig(**{**vars(run), "preset": None, **architecture})
 
 
 def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> GPTModel:

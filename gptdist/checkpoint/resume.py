@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
+from .. import distributed
 from ..config import ARCHITECTURE_KEYS, ModelConfig
 from ..errors import UserError
-from . import store
+from . import sharded, store
 
 
 def check_architecture(saved: dict, model_cfg: ModelConfig, source: str) -> None:
@@ -40,12 +41,8 @@ def check_optimizer(payload: dict, optimizer: str) -> None:
                         "run.out_dir")
 
 
-def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig, optimizer: str) -> dict | None:
-    """The checkpoint to resume from, read and verified, or None to start afresh.
-
-    `mode` is checkpoint.resume: auto (the newest good checkpoint in `folder`), never, or a path;
-    `optimizer` is optim.optimizer, which the checkpoint's must be.
-    """
+def _read_newest(mode: str, folder: Path, optimizer: str) -> dict | None:
+    """Rank 0: the checkpoint checkpoint.resume names, read and verified, or None to start afresh."""
     if mode == "never":
         if store.checkpoint_paths(folder):
             raise UserError(f"{folder} already holds checkpoints and checkpoint.resume is never; "
@@ -58,6 +55,26 @@ def resume_payload(mode: str, folder: Path, model_cfg: ModelConfig, optimizer: s
         if store.checkpoint_paths(folder):
             raise UserError(f"no checkpoint in {folder} can be loaded; move them away to start afresh")
         return None
-    check_architecture(payload["config"]["model"], model_cfg, payload["path"])
     check_optimizer(payload, optimizer)
     return payload
+
+
+def resume_payload(mode: str, folder: Path, optimizer: str, ctx: distributed.Dist) -> dict | None:
+    """The checkpoint to resume from, or None to start afresh; the same decision on every rank.
+
+    `mode` is checkpoint.resume: auto (the newest good checkpoint in `folder`), never, or a path;
+    `optimizer` is optim.optimizer, which the checkpoint's must be. Rank 0 alone opens, reads and
+    verifies the checkpoint: a file is read once, not once per rank, and the other ranks need no
+    access to it. They receive its small states here; a file's model and optimizer reach them
+    as they load (`Checkpointer.restore`), a sharded folder's shards they read themselves.
+    """
+    payload, failure = None, None
+    if ctx.is_main:
+        try:
+            payload = _read_newest(mode, folder, optimizer)
+        except UserError as err:
+            failure = err
+    distributed.raise_together(failure, ctx)
+    small = None if payload is None else {k: v for k, v in payload.items() if k not in sharded.SHARDED_STATES}
+    small = distributed.broadcast_object(small)
+    return payload if ctx.is_main else small

@@ -28,8 +28,19 @@ class HostSnapshot:
         local = [s.to_local() for s in self.shards.values()]
         return sum(b.numel() * b.element_size() for b in [*self.buffers.values(), *local])
 
+    def reserve(self, state) -> None:
+        """Allocate the buffers `state` needs without copying into them (pinning is slow: a save
+        should not pay for it)."""
+        self._walk(state, copy=False)
+
     def take(self, state):
         """`state` (nested dicts, lists and tuples) with every tensor replaced by a host copy."""
+        snapshot = self._walk(state, copy=True)
+        if self.pinned:
+            torch.cuda.current_stream().synchronize()  # the non-blocking copies have landed
+        return snapshot
+
+    def _walk(self, state, copy: bool):
         # refilled with the buffers this state uses: none left from another
         kept, self.buffers = self.buffers, {}
         kept_shards, self.shards = self.shards, {}
@@ -42,7 +53,8 @@ class HostSnapshot:
             buffer = kept.get(where)
             if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
                 buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self.pinned)
-            buffer.copy_(tensor, non_blocking=self.pinned)
+            if copy:
+                buffer.copy_(tensor, non_blocking=self.pinned)
             self.buffers[where] = copied[identity] = buffer
             return buffer
 
@@ -51,23 +63,20 @@ class HostSnapshot:
             if staged is None or staged.shape != tensor.shape or staged.placements != tensor.placements:
                 # a host DTensor: the local shard copied, mesh and placements kept
                 staged = tensor.to("cpu", copy=True)
-            else:
+            elif copy:
                 staged.to_local().copy_(tensor.to_local())
             self.shards[where] = staged
             return staged
 
-        def copy(value, where: tuple):
+        def walk(value, where: tuple):
             if isinstance(value, DTensor):
                 return copy_dtensor(value.detach(), where)
             if isinstance(value, torch.Tensor):
                 return copy_tensor(value.detach(), where)
             if isinstance(value, dict):
-                return {key: copy(item, (*where, key)) for key, item in value.items()}
+                return {key: walk(item, (*where, key)) for key, item in value.items()}
             if isinstance(value, (list, tuple)):
-                return type(value)(copy(item, (*where, i)) for i, item in enumerate(value))
+                return type(value)(walk(item, (*where, i)) for i, item in enumerate(value))
             return value  # plain values are immutable or rebuilt at every save
 
-        snapshot = copy(state, ())
-        if self.pinned:
-            torch.cuda.current_stream().synchronize()  # the non-blocking copies have landed
-        return snapshot
+        return walk(state, ())

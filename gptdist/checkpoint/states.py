@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -29,9 +30,16 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule
 
 from .. import distributed
+from . import broadcast
 
 # activation checkpointing's module, absent from state dict keys
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
+
+
+def _from_rank0() -> StateDictOptions:
+    # Only rank 0 reads a checkpoint file (resume.py): under fsdp the others pass {} and receive each
+    # whole tensor in turn, keeping their shard of it (broadcast.py does it for ddp).
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
 
 
 def _full(model: nn.Module) -> StateDictOptions:
@@ -48,7 +56,13 @@ class ModelState:
         return get_model_state_dict(self.model, options=_full(self.model))
 
     def load_state_dict(self, state: dict) -> None:
-        set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+        """Every rank at once: rank 0's `state` (whole tensors) into every rank's model."""
+        if not broadcast.replicated(self.model):  # one process, or fsdp
+            set_model_state_dict(self.model, state, options=_from_rank0())
+            return
+        if dist.get_rank() == 0:
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+        broadcast.into_place(self.model.state_dict().values())
 
     def sharded_state_dict(self) -> dict:
         return get_model_state_dict(self.model)
@@ -65,10 +79,16 @@ class OptimizerState:
         return get_optimizer_state_dict(self.model, self.optimizer, options=_full(self.model))
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(next(iter(state["param_groups"][0]["params"]), ""), str):
+        """Every rank at once: rank 0's `state` (whole tensors) into every rank's optimizer."""
+        if state and not isinstance(next(iter(state["param_groups"][0]["params"]), ""), str):
             state = self._keyed_by_name(state)
-        set_optimizer_state_dict(self.model, self.optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        if not broadcast.replicated(self.model):  # one process, or fsdp
+            set_optimizer_state_dict(self.model, self.optimizer, state, options=_from_rank0())
+            return
+        if dist.get_rank() == 0:
+            set_optimizer_state_dict(self.model, self.optimizer, state,
+                                     options=StateDictOptions(full_state_dict=True))
+        broadcast.optimizer_from_rank0(self.optimizer, next(self.model.parameters()).device)
 
     def sharded_state_dict(self) -> dict:
         return get_optimizer_state_dict(self.model, self.optimizer)

@@ -2,10 +2,15 @@
 
 - `state_bytes`: what lives through the whole run, per rank: parameters, gradients and the
   optimizer's state (this rank's shards under fsdp).
+- `resident_host_bytes`, `peak_host_bytes`: the host memory of the whole process, now and at
+  its peak (what a checkpoint's snapshot or a resume adds).
 - `SavedForBackward`: what one forward keeps alive for its backward: the tensors autograd
   saves (each storage once, the parameters left out) and, under activation checkpointing, the
   block inputs kept for the recomputation. This is the part that grows with batch and context.
 """
+
+import os
+import resource
 
 import torch
 from torch import nn
@@ -23,6 +28,21 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str,
                if isinstance(v, torch.Tensor) and v.dim() > 0]  # the scalar step counts are negligible
     return {"parameters": _bytes(params), "gradients": _bytes(p.grad for p in params if p.grad is not None),
             "optimizer": _bytes(moments)}
+
+
+def resident_host_bytes() -> int:
+    """This process's resident host memory now (Linux; 0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_host_bytes() -> int:
+    """The most host memory this process has held at once (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
 def _storage_key(tensor: torch.Tensor) -> int:

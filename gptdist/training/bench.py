@@ -5,7 +5,6 @@ run.out_dir that it removes afterwards.
 
 import contextlib
 import platform
-import resource
 import shutil
 import statistics
 import tempfile
@@ -17,7 +16,7 @@ import torch
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.store import checkpoint_paths
-from ..observe.memory import SavedForBackward, state_bytes
+from ..observe.memory import SavedForBackward, peak_host_bytes, resident_host_bytes, state_bytes
 from ..observe.throughput import synchronize
 from . import precision
 from .stopping import StopRequest
@@ -27,7 +26,7 @@ from .trainer import Trainer
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_host_bytes() / 2**20
 
 
 def device_name(device: torch.device) -> str:
@@ -115,13 +114,15 @@ def bench_train(args) -> dict:
 
 
 def bench_checkpoint(args) -> dict:
-    """What a save costs training: blocking (write before going on) vs background (snapshot only)."""
+    """What a save costs training: blocking (write before going on) vs background (snapshot only);
+    per rank, the host memory a save adds and where its time goes."""
     with bench_trainer(args) as trainer:
         cfg, ctx = trainer.cfg, trainer.ctx
         for _ in range(2):  # AdamW's moments exist after a step: a checkpoint of its real size
             trainer.step()
         synchronize(ctx.device)
         folder, config_dict = Path(cfg.run.out_dir) / "checkpoints", cfg.to_dict()
+        before_saves = resident_host_bytes()
 
         def save(saver: Checkpointer, step: int) -> float:
             """Seconds until training could go on."""
@@ -132,14 +133,15 @@ def bench_checkpoint(args) -> dict:
 
         blocking = Checkpointer(folder, 1, ctx, background=False)
         blocking_s = [save(blocking, step) for step in range(args.rounds)]
+        added_by_save = resident_host_bytes() - before_saves  # its buffers, kept from save to save
         blocking.close()
         background = Checkpointer(folder, 1, ctx, background=True)
-        stall_s, write_s = [], []
+        stall_s, written = [], []
         for step in range(args.rounds):
             stall_s.append(save(background, args.rounds + step))
             saved = background.wait()
-            if saved is not None:
-                write_s.append(saved.write_s)
+            if saved is not None:  # a rank that writes
+                written.append(saved)
         # Training with a save every --interval steps against training without, in alternating blocks
         # of --interval steps in this one process, so that drift in the machine hits both alike.
         with_saves, without = [], []
@@ -158,18 +160,38 @@ def bench_checkpoint(args) -> dict:
         size = checkpoint_paths(folder)[-1].stat().st_size if ctx.is_main else 0
         # the first background save allocates the snapshot's buffers: the later ones are the steady state
         steady = stall_s[1:] or stall_s
+        write_s = [saved.write_s for saved in written]
+        snapshot_bytes = background.snapshot.bytes if background.snapshot is not None else 0
         result = {"benchmark": "checkpoint", "config": args.config, "overrides": args.overrides,
                   "device": str(ctx.device), "world_size": ctx.world_size,
                   "parameters": trainer.model.num_params(),
-                  "bytes": size, "snapshot_host_bytes": background.snapshot.bytes, "rounds": args.rounds,
+                  "bytes": size, "snapshot_host_bytes": snapshot_bytes, "rounds": args.rounds,
                   "blocking_s": statistics.median(blocking_s), "stall_s": statistics.median(steady),
-                  "first_stall_s": stall_s[0], "write_s": statistics.median(write_s) if write_s else None}
+                  "first_stall_s": stall_s[0], "write_s": statistics.median(write_s) if write_s else None,
+                  "ranks": distributed.all_gather_objects(_rank_figures(ctx, added_by_save, snapshot_bytes,
+                                                                        stall_s, written))}
         result["stall_vs_blocking"] = result["stall_s"] / result["blocking_s"]
         if args.pairs:
             result.update({"interval": args.interval, "pairs": args.pairs, "block_s_with_save": with_saves,
                            "block_s_without": without,
                            "training_overhead": sum(with_saves) / sum(without) - 1})
         return result
+
+
+def _rank_figures(ctx: distributed.Dist, added_by_save: int, snapshot_bytes: int, stall_s: list,
+                  written: list) -> dict:
+    """One rank's share of a save: the host memory it added (resident, as the process sees it; freed
+    memory the heap kept may hide part of it) and its snapshot's buffers (counted), and where the
+    background saves' time went (medians)."""
+    def median(values):
+        return round(statistics.median(values), 4) if values else None
+
+    return {"rank": ctx.rank, "host_added_by_save_mb": round(added_by_save / 2**20, 1),
+            "snapshot_mb": round(snapshot_bytes / 2**20, 1),
+            "peak_host_mb": round(peak_host_bytes() / 2**20, 1), "stall_s": median(stall_s[1:] or stall_s),
+            "snapshot_s": median([saved.snapshot_s for saved in written]),
+            "waited_s": median([saved.waited_s for saved in written]),
+            "write_s": median([saved.write_s for saved in written])}
 
 
 def bench_memory(args) -> dict:

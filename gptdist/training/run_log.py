@@ -46,12 +46,12 @@ class RunLog:
         self.metrics.write({"event": "resume", **row})
         print0(f"resumed from {row['checkpoint']} at step {row['step']}")
 
-    def first_step(self, step: int, seconds: float) -> None:
-        """The time to the first step: compilation and warm-up."""
+    def first_step(self, step: int, seconds: float, host_peak_mb: list[float]) -> None:
+        """The time to the first step (compilation and warm-up) and each rank's host memory peak by then."""
         compiled = self.cfg.train.compile
         if self.metrics is not None:
             self.metrics.write({"event": "first_step", "step": step, "seconds": round(seconds, 3),
-                                "compile": compiled})
+                                "compile": compiled, "host_peak_mb": host_peak_mb})
         print0(f"first step done in {seconds:.1f} s"
                + (" (compiling the model and its loss)" if compiled else ""))
 
@@ -89,7 +89,9 @@ class RunLog:
             return
         if self.metrics is not None:
             self.metrics.write({"event": "checkpoint", "step": saved.step, "path": str(saved.path),
-                                "bytes": saved.bytes, "stall_s": saved.stall_s, "write_s": saved.write_s})
+                                "bytes": saved.bytes, "stall_s": saved.stall_s,
+                                "snapshot_s": saved.snapshot_s, "waited_s": saved.waited_s,
+                                "write_s": saved.write_s})
         print0(f"saved {saved.path} ({saved.bytes / 2**20:,.0f} MiB; training stopped {saved.stall_s:.2f} s, "
                f"written in {saved.write_s:.2f} s)")
 

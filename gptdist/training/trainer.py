@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed
+from .. import config, distributed
 from ..checkpoint import pretrained
 from ..checkpoint.checkpointer import Checkpointer
-from ..checkpoint.resume import resume_payload
+from ..checkpoint.resume import check_architecture, resume_payload
 from ..checkpoint.states import ModelState, OptimizerState, Progress, RNGState
 from ..config import Config
 from ..data import shards
@@ -27,6 +27,7 @@ from ..distributed import print0
 from ..errors import UserError
 from ..model.gpt import GPTModel
 from ..observe.flops import device_peak, flops_per_token
+from ..observe.memory import peak_host_bytes
 from ..observe.throughput import Throughput
 from . import optimizer, precision
 from .evaluator import Evaluator
@@ -41,16 +42,22 @@ class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.Dist):
         started = time.perf_counter()
         self.cfg, self.ctx = cfg, ctx
-        init_weights = None
-        if cfg.model.init_from:  # continued pretraining: the architecture is the source's
-            cfg.model, init_weights = pretrained.init_from(cfg.model, ctx)
         self.log = RunLog(cfg, ctx, Path(cfg.run.out_dir))
         self.checkpointer = Checkpointer(Path(cfg.run.out_dir) / "checkpoints", cfg.checkpoint.keep, ctx,
-                                         background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded)
-        resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.model,
-                                cfg.optim.optimizer)
+                                         background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded,
+                                         interval=cfg.checkpoint.interval)
+        resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.optim.optimizer, ctx)
+        init_weights = None
+        if cfg.model.init_from:  # continued pretraining: the architecture is the source's
+            if resume:  # as the checkpoint recorded it: the source is not read again
+                recorded = config.build({"model": resume["config"]["model"]}).model
+                cfg.model = pretrained.continued(cfg.model, recorded)
+            else:
+                cfg.model, init_weights = pretrained.init_from(cfg.model, ctx)
+        if resume:
+            check_architecture(resume["config"]["model"], cfg.model, resume["path"])
         self.startup = {"data_verify_s": self._build_data(resume)}
-        self._build_model(None if resume else init_weights)
+        self._build_model(init_weights)
         # AdamW fused, or Muon with it: either skips a non-finite step on the device
         self.optimizer = optimizer.build(self.model, cfg.optim)
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
@@ -130,7 +137,11 @@ class Trainer:
             final = step == self.total_steps
 
             if step == first_step:  # the time to the first step (compilation, warm-up): waits for the device
-                self.log.first_step(step, self.throughput.first_step_done(self.ctx.device))
+                seconds = self.throughput.first_step_done(self.ctx.device)
+                # every rank's host memory at its peak so far: the setup (a resume's reading too) and a step
+                peaks = distributed.all_gather_objects(round(peak_host_bytes() / 2**20, 1))
+                self.log.first_step(step, seconds, peaks)
+                self.checkpointer.reserve(self.states)  # a save's host buffers, before one is due
             if step % cfg.logging.interval == 0 or final:
                 self._log_step(step_loss, grad_norm)
             self._note_finished_write(stop)

@@ -1,0 +1,107 @@
+"""Checkpoints that scale with the ranks, with real torchrun and gloo on CPU: under ddp only rank 0
+holds a save's host copy; at a resume only rank 0 opens the checkpoint file, the others receive its
+state over the process group; model.init_from is not read again at a resume; a save that waits for
+the previous write says so."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, metrics_rows, newest_model, same_weights, torchrun_command, train_args
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# a state of ~26M parameters (two 50304 x 256 matrices: the embedding and the untied head), ~300 MB
+# with AdamW's moments, against little compute: what a save adds to a rank's memory stands out
+BIG_STATE = ("model.emb_dim=256", "model.n_heads=2", "model.n_layers=1", "model.context_length=16",
+             "train.micro_batch_size=1", "model.drop_rate=0.0")
+
+
+def test_a_ddp_save_copies_the_state_on_rank_0_only(verdict_data):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
+               "gptdist.bench", "checkpoint", "--config", REPO / "configs" / "verdict-tiny.yaml",
+               "--rounds", "1", f"data.dir={verdict_data}", *BIG_STATE]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, env=ENV, cwd=REPO,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    size_mb = report["bytes"] / 2**20
+    ranks = {row["rank"]: row for row in report["ranks"]}
+    assert sorted(ranks) == [0, 1, 2, 3] and size_mb > 250
+    assert 0.9 * size_mb < ranks[0]["snapshot_mb"] <= size_mb, ranks[0]  # the state, once
+    for rank in (1, 2, 3):  # no snapshot, no buffers: under 15% of the checkpoint
+        assert ranks[rank]["snapshot_mb"] == 0, ranks[rank]
+        assert ranks[rank]["host_added_by_save_mb"] < 0.15 * size_mb, (rank, ranks[rank], size_mb)
+        assert ranks[rank]["snapshot_s"] is None and ranks[rank]["write_s"] is None
+    assert ranks[0]["snapshot_s"] > 0 and ranks[0]["write_s"] > 0 and ranks[0]["waited_s"] >= 0
+
+
+def run(out, nproc, *overrides, data, env=ENV):
+    command = torchrun_command(nproc, *train_args(data, out, "model.drop_rate=0.0", *overrides))
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+def test_a_resume_adds_little_host_memory_on_ranks_other_than_0(tmp_path, verdict_data):
+    out, steps = tmp_path / "run", ("checkpoint.interval=2", "eval.interval=100", "eval.at_start=false")
+    fresh = run(out, 4, "train.max_steps=2", *steps, *BIG_STATE, data=verdict_data)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    resumed = run(out, 4, "train.max_steps=3", *steps, *BIG_STATE, data=verdict_data)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first_steps = [row for row in metrics_rows(out) if row.get("event") == "first_step"]
+    assert [row["step"] for row in first_steps] == [1, 3]
+    (started, _), (again, _) = [(row["host_peak_mb"], row["step"]) for row in first_steps]
+    size_mb = (out / "checkpoints" / "step_00000002.pt").stat().st_size / 2**20
+    assert len(started) == len(again) == 4 and size_mb > 250
+    # reading, hashing and holding the file would add all of it; one tensor at a time crosses over
+    for rank in (1, 2, 3):
+        assert again[rank] - started[rank] < 0.25 * size_mb, (rank, started, again, size_mb)
+
+
+def test_ranks_other_than_0_resume_without_opening_the_checkpoint(tmp_path, verdict_data):
+    steps = ("checkpoint.interval=2", "checkpoint.keep=10", "eval.interval=100")
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    assert run(out, 2, "train.max_steps=2", *steps, data=verdict_data).returncode == 0
+    opened = tmp_path / "opened"
+    opened.mkdir()
+    guard = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
+                                                   ENV.get("PYTHONPATH", "")]),
+             "GPTDIST_TEST_UNREADABLE": str(out / "checkpoints"), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
+             "GPTDIST_TEST_OPENED": str(opened)}
+    resumed = run(out, 2, "train.max_steps=4", *steps, data=verdict_data, env=guard)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    # rank 0 read the checkpoint (the guard saw it); rank 1, which could not, never tried
+    assert "step_00000002.pt" in (opened / "rank-0").read_text()
+    assert not (opened / "rank-1").exists()
+    assert run(whole, 2, "train.max_steps=4", *steps, data=verdict_data).returncode == 0
+    assert same_weights(newest_model(out), newest_model(whole))  # what rank 1 received is rank 0's
+
+
+def test_model_init_from_is_not_read_again_at_a_resume(tmp_path, verdict_data):
+    source, out = tmp_path / "source", tmp_path / "run"
+    assert run(source, 1, "train.max_steps=2", data=verdict_data).returncode == 0
+    first = run(out, 2, "train.max_steps=2", "checkpoint.interval=2", f"model.init_from={source}",
+                data=verdict_data)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.rmtree(source)  # its architecture is recorded in the run's checkpoints
+    resumed = run(out, 2, "train.max_steps=4", "checkpoint.interval=2", f"model.init_from={source}",
+                  data=verdict_data)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "initialised from" not in resumed.stdout
+
+
+def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict_data):
+    slow = {**ENV, "GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S": "2"}
+    out = tmp_path / "run"
+    result = run(out, 2, "train.max_steps=4", "checkpoint.interval=1", "checkpoint.keep=10",
+                 data=verdict_data, env=slow)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("waited") == 1 and "checkpoint.interval 1" in result.stdout, result.stdout
+    events = [row for row in metrics_rows(out) if row.get("event") == "checkpoint"]
+    assert [event["step"] for event in events] == [1, 2, 3, 4]
+    assert all(event["waited_s"] + event["snapshot_s"] <= event["stall_s"] for event in events), events
+    assert max(event["waited_s"] for event in events) > 1, events  # a 2 s write, a save every step
