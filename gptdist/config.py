@@ -210,8 +210,9 @@ class CheckpointConfig:
     async_: bool = True
     # false: rank 0 writes one file with the full state (gathered to its host memory under fsdp).
     # true: a torch.distributed.checkpoint folder, every rank writing its own shards; for models whose
-    # full state should not pass through one host. Both resume on any world size, under ddp or fsdp.
-    sharded: bool = False
+    # full state should not pass through one host. null: sharded under train.parallel fsdp (no rank
+    # holds the whole state), one file under ddp. Both resume on any world size, under ddp or fsdp.
+    sharded: bool | None = None
 
 
 @dataclass

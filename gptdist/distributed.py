@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .errors import UserError
 
@@ -144,6 +144,14 @@ def broadcast_object(obj):
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a tensor: the local shard of an FSDP parameter, any other tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def own_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the whole tensor `full` (the same on every rank), laid out as `like` (an
+    fsdp shard): taken, not sent; `full` itself when `like` is no shard."""
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 def barrier() -> None:

@@ -1,7 +1,7 @@
-"""Checkpoints that scale with the ranks, with real torchrun and gloo on CPU: under ddp only rank 0
-holds a save's host copy; at a resume only rank 0 opens the checkpoint file, the others receive its
-state over the process group; model.init_from is not read again at a resume; a save that waits for
-the previous write says so."""
+"""Checkpoints and models that scale with the ranks, with real torchrun and gloo on CPU: under ddp only
+rank 0 holds a save's host copy; at a resume only rank 0 opens the checkpoint file, the others
+receive its state over the process group; model.init_from is not read again at a resume; a save
+that waits for the previous write says so; an fsdp model is never whole on any rank."""
 
 import json
 import os
@@ -56,6 +56,7 @@ def test_a_resume_adds_little_host_memory_on_ranks_other_than_0(tmp_path, verdic
     (started, _), (again, _) = [(row["host_peak_mb"], row["step"]) for row in first_steps]
     size_mb = (out / "checkpoints" / "step_00000002.pt").stat().st_size / 2**20
     assert len(started) == len(again) == 4 and size_mb > 250
+    print(f"first-step host peaks, MB: fresh {started}, resumed {again}; checkpoint {size_mb:.0f} MB")
     # reading, hashing and holding the file would add all of it; one tensor at a time crosses over
     for rank in (1, 2, 3):
         assert again[rank] - started[rank] < 0.25 * size_mb, (rank, started, again, size_mb)
@@ -105,3 +106,21 @@ def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict
     assert [event["step"] for event in events] == [1, 2, 3, 4]
     assert all(event["waited_s"] + event["snapshot_s"] <= event["stall_s"] for event in events), events
     assert max(event["waited_s"] for event in events) > 1, events  # a 2 s write, a save every step
+
+
+def test_an_fsdp_rank_never_holds_the_whole_model(tmp_path, verdict_data):
+    # 77M parameters (307 MB): two 50304 x 512 matrices and 8 blocks of 512
+    shape = ("model.emb_dim=512", "model.n_heads=2", "model.n_layers=8", "model.context_length=16",
+             "train.micro_batch_size=1", "train.max_steps=1", "eval.at_start=false", "eval.interval=100")
+    peaks = {}
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path / parallel
+        result = run(out, 4, f"train.parallel={parallel}", *shape, data=verdict_data)
+        assert result.returncode == 0, result.stderr[-3000:]
+        start = next(row for row in metrics_rows(out) if row.get("event") == "start")
+        peaks[parallel] = start["host_peak_mb"]
+    model_mb = 76.7e6 * 4 / 2**20
+    print(f"host peaks at start, MB: {peaks}; the model's weights {model_mb:.0f} MB")
+    # ddp: the whole model and its gradient buckets; fsdp: a quarter of it and one module at a time
+    for rank in range(4):
+        assert peaks["fsdp"][rank] < peaks["ddp"][rank] - 0.8 * model_mb, peaks

@@ -204,7 +204,8 @@ def _sealed(payload: dict) -> dict:
     return payload
 
 
-def _size(path: Path) -> int:
+def size_on_disk(path: Path) -> int:
+    """A checkpoint's bytes: its file's, or all its folder's files'."""
     return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
 
 
@@ -238,7 +239,7 @@ def write_sharded(shards: dict, small: dict, path: Path, keep: int, group) -> tu
         if dist.get_rank(group) != 0:
             return 0, time.perf_counter() - start
         _prune(path.parent, keep)
-        return _size(path), time.perf_counter() - start
+        return size_on_disk(path), time.perf_counter() - start
     except (OSError, CheckpointException) as err:
         if dist.get_rank(group) == 0:  # a partial folder is never a checkpoint
             with contextlib.suppress(OSError):

@@ -12,7 +12,9 @@ The modern recipe's options (config.py, `model.positions` to `model.zero_init_pr
 one piece each; with their defaults the model is GPT-2's, weight for weight and bit for bit.
 """
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,11 @@ class Rotary(nn.Module):
         cos, sin = self.tables()
         self.register_buffer("cos", cos, persistent=False)  # derived from the config: never saved
         self.register_buffer("sin", sin, persistent=False)
+
+    def reset_buffers(self) -> None:
+        cos, sin = self.tables()
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of every (position, channel pair) angle: (context_length, head_dim / 2), fp32."""
@@ -152,9 +159,7 @@ class GPTModel(nn.Module):
         # off (model.vocab_padding): softmax, loss and sampling then see exactly the vocab_size
         # real tokens, as GPT-2 does.
         self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
-        padding_bias = torch.zeros(self.padded_vocab)
-        padding_bias[cfg.vocab_size :] = float("-inf")
-        self.register_buffer("padding_bias", padding_bias, persistent=False)
+        self.register_buffer("padding_bias", self._padding_bias(), persistent=False)
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.positions == "learned" else None
         self.drop_emb = nn.Dropout(cfg.drop_rate)
@@ -165,31 +170,54 @@ class GPTModel(nn.Module):
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
+    def _padding_bias(self) -> torch.Tensor:
+        padding_bias = torch.zeros(self.padded_vocab)
+        padding_bias[self.cfg.vocab_size :] = float("-inf")
+        return padding_bias
+
     def reset_parameters(self) -> None:
         """model.init "gpt2": GPT-2's N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers).
 
         "torch": each layer's PyTorch default, as the book's GPTModel has it (N(0, 1) embeddings);
         on a small corpus it memorises much faster, which chapter 5's run shows.
         """
+        for module, initialise in self.initialisation():
+            initialise(module)
+        self.zero_projections()
+
+    def initialisation(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
+        """model.init's random draws in their order, as (module, what initialises it): each step sets
+        its module's own parameters alone, so that it can run on a copy of that module (an fsdp
+        model is initialised so, one module at a time: training/sharded_init.py)."""
         if self.cfg.init == "torch":
-            for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm)):
-                    module.reset_parameters()
-        else:
-            # Two residual additions per block, each adding its projection's variance: GPT-2 keeps
-            # the stream's scale by shrinking those projections with the depth.
-            residual_std = STD / math.sqrt(2 * self.cfg.n_layers)
-            nn.init.normal_(self.tok_emb.weight, std=STD)
-            if self.pos_emb is not None:
-                nn.init.normal_(self.pos_emb.weight, std=STD)
-            for block in self.trf_blocks:
-                block.init_weights(residual_std)
-            self.final_norm.reset_parameters()
-            nn.init.normal_(self.out_head.weight, std=STD)
-        if self.cfg.zero_init_projections:  # each block adds nothing at first; its gradients still flow
+            return [(module, type(module).reset_parameters) for module in self.modules()
+                    if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm, nn.RMSNorm))]
+
+        def normal(module: nn.Module) -> None:
+            nn.init.normal_(module.weight, std=STD)
+
+        # Two residual additions per block, each adding its projection's variance: GPT-2 keeps
+        # the stream's scale by shrinking those projections with the depth.
+        residual_std = STD / math.sqrt(2 * self.cfg.n_layers)
+        residual = functools.partial(TransformerBlock.init_weights, residual_std=residual_std)
+        steps = [(self.tok_emb, normal), *([(self.pos_emb, normal)] if self.pos_emb is not None else [])]
+        steps += [(block, residual) for block in self.trf_blocks]
+        return [*steps, (self.final_norm, type(self.final_norm).reset_parameters), (self.out_head, normal)]
+
+    def zero_projections(self) -> None:
+        """model.zero_init_projections: each block adds nothing at first; its gradients still flow."""
+        if self.cfg.zero_init_projections:
             for block in self.trf_blocks:
                 for projection in (block.att.out_proj, block.ff.proj):
                     nn.init.zeros_(projection.weight)
+
+    def reset_buffers(self) -> None:
+        """The buffers the config determines (the padding's bias, the rotary tables), computed again:
+        for a model made on the meta device."""
+        self.padding_bias.copy_(self._padding_bias())
+        for module in self.modules():
+            if isinstance(module, Rotary):
+                module.reset_buffers()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         tokens = idx.shape[1]

@@ -15,7 +15,7 @@ import torch
 
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
-from ..checkpoint.store import checkpoint_paths
+from ..checkpoint.store import checkpoint_paths, size_on_disk
 from ..observe.memory import SavedForBackward, peak_host_bytes, resident_host_bytes, state_bytes
 from ..observe.throughput import synchronize
 from . import precision
@@ -131,11 +131,12 @@ def bench_checkpoint(args) -> dict:
             saver.save(step, trainer.states, config_dict, {"step": step})
             return time.perf_counter() - start
 
-        blocking = Checkpointer(folder, 1, ctx, background=False)
+        sharded = trainer.checkpointer.sharded  # the run's form: checkpoint.sharded, or fsdp's default
+        blocking = Checkpointer(folder, 1, ctx, background=False, sharded=sharded)
         blocking_s = [save(blocking, step) for step in range(args.rounds)]
         added_by_save = resident_host_bytes() - before_saves  # its buffers, kept from save to save
         blocking.close()
-        background = Checkpointer(folder, 1, ctx, background=True)
+        background = Checkpointer(folder, 1, ctx, background=True, sharded=sharded)
         stall_s, written = [], []
         for step in range(args.rounds):
             stall_s.append(save(background, args.rounds + step))
@@ -157,7 +158,7 @@ def bench_checkpoint(args) -> dict:
                 synchronize(ctx.device)
                 blocks.append(time.perf_counter() - start)
         background.close()
-        size = checkpoint_paths(folder)[-1].stat().st_size if ctx.is_main else 0
+        size = size_on_disk(checkpoint_paths(folder)[-1]) if ctx.is_main else 0
         # the first background save allocates the snapshot's buffers: the later ones are the steady state
         steady = stall_s[1:] or stall_s
         write_s = [saved.write_s for saved in written]

@@ -16,7 +16,9 @@ The AdamW part is torch's fused AdamW, sharing this optimizer's parameter groups
 import math
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
+
+from ..distributed import local_tensor, own_part
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic
 NS_STEPS = 5
@@ -42,16 +44,6 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank holds: an fsdp shard's local part, or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def own_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """This rank's part of `full`, laid out as `like` (an fsdp shard), or `full` itself."""
-    if not isinstance(like, DTensor):
-        return full
-    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -99,11 +91,12 @@ class MuonAdamW(torch.optim.Optimizer):
             update = orthogonalise(grad.lerp(new_buffer, momentum), self.ns_dtype)  # Nesterov
             rows, cols = grad.shape
             step = math.sqrt(max(1, rows / cols)) * lr  # the same update size for tall matrices
-            new_param = local(param) * (1 - lr * decay) - step * own_part(update, param).to(param.dtype)
+            update = own_part(update, param).to(param.dtype)
+            new_param = local_tensor(param) * (1 - lr * decay) - step * update
             new_buffer = own_part(new_buffer, buffer)
             if found_inf is not None:  # a skipped step leaves both as they were
                 skip = found_inf.bool()
-                new_param = torch.where(skip, local(param), new_param)
-                new_buffer = torch.where(skip, local(buffer), new_buffer)
-            local(param).copy_(new_param)
-            local(buffer).copy_(new_buffer)
+                new_param = torch.where(skip, local_tensor(param), new_param)
+                new_buffer = torch.where(skip, local_tensor(buffer), new_buffer)
+            local_tensor(param).copy_(new_param)
+            local_tensor(buffer).copy_(new_buffer)

@@ -29,7 +29,7 @@ from ..model.gpt import GPTModel
 from ..observe.flops import device_peak, flops_per_token
 from ..observe.memory import peak_host_bytes
 from ..observe.throughput import Throughput
-from . import optimizer, precision
+from . import optimizer, precision, sharded_init
 from .evaluator import Evaluator
 from .guard import NonFiniteGuard, check_finite_weights
 from .parallelize import parallelize
@@ -43,8 +43,9 @@ class Trainer:
         started = time.perf_counter()
         self.cfg, self.ctx = cfg, ctx
         self.log = RunLog(cfg, ctx, Path(cfg.run.out_dir))
+        sharded = cfg.train.parallel == "fsdp" if cfg.checkpoint.sharded is None else cfg.checkpoint.sharded
         self.checkpointer = Checkpointer(Path(cfg.run.out_dir) / "checkpoints", cfg.checkpoint.keep, ctx,
-                                         background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded,
+                                         background=cfg.checkpoint.async_, sharded=sharded,
                                          interval=cfg.checkpoint.interval)
         resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.optim.optimizer, ctx)
         init_weights = None
@@ -78,6 +79,8 @@ class Trainer:
                                      flops_per_token(self.model), peak, ctx.world_size, self.total_steps)
         self.data_seconds = 0.0  # spent loading batches, over the whole run (for benchmarks)
         self.startup["setup_s"] = round(time.perf_counter() - started, 3)
+        # every rank's host memory at its peak so far: the model built (or its shards), a resume's reading
+        self.startup["host_peak_mb"] = distributed.all_gather_objects(round(peak_host_bytes() / 2**20, 1))
 
     def _build_data(self, resume: dict | None) -> float:
         """The splits' token windows and the loader of this rank's share of every global batch; returns the
@@ -108,17 +111,24 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         precision.configure_device(cfg.train, ctx.device)
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        self.model = GPTModel(cfg.model)
-        if init_weights is not None:
-            pretrained.load_weights(self.model, init_weights, f"model.init_from {cfg.model.init_from}")
-            print0(f"initialised from the weights of {cfg.model.init_from}")
-        self.model.to(ctx.device)
+        # under fsdp no rank holds the whole model: made on the meta device, given values once sharded
+        on_meta = cfg.train.parallel == "fsdp" and init_weights is None
+        if on_meta:
+            self.model, pending = sharded_init.meta_model(cfg.model)
+        else:
+            self.model = GPTModel(cfg.model)
+            if init_weights is not None:
+                pretrained.load_weights(self.model, init_weights, f"model.init_from {cfg.model.init_from}")
+                print0(f"initialised from the weights of {cfg.model.init_from}")
+            self.model.to(ctx.device)
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
         # FP8 layers, activation checkpointing, torch.compile, DDP or FSDP: the optimizer comes after,
         # since fully_shard replaces the parameters with their shards.
         self.parallel = parallelize(self.model, cfg.train, ctx, self.dtype)
+        if on_meta:
+            sharded_init.materialise(self.model, pending, ctx.device)
 
     def fit(self) -> str:
         """Train to the end (returns "done") or until a stop signal (returns its name)."""

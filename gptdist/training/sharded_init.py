@@ -1,0 +1,59 @@
+"""An fsdp model that no rank ever holds whole, starting from exactly an unsharded model's weights.
+
+The model is made on the meta device (shapes, no memory) and sharded by `fully_shard` there;
+then every rank allocates its shards and fills them. The values are the ones the same seed gives
+an unsharded model, bit for bit, so that ddp and fsdp runs start alike: the random draws are
+made in the same order on a host copy of one module at a time (the largest a rank ever holds
+whole is one module: the embedding or the head), and each rank keeps its own rows of it.
+
+An unsharded GPTModel draws twice: each nn.Linear and nn.Embedding when it is constructed, then
+model.init (`GPTModel.initialisation`). Made on the meta device, the constructors draw nothing,
+so `meta_model` makes those draws on host copies of the same layers, in construction order.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..distributed import local_tensor, own_part
+from ..model.gpt import GPTModel
+
+
+@dataclass
+class PendingInit:
+    """What gives a meta model's shards their values, once they are allocated."""
+
+    steps: list[tuple[nn.Module, nn.Module, object]]  # (the model's module, a meta copy, what initialises it)
+
+
+def meta_model(cfg: ModelConfig) -> tuple[GPTModel, PendingInit]:
+    """The model on the meta device, the random stream left where an unsharded model's construction
+    leaves it, and what `materialise` needs (taken before any wrapping or sharding)."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    for layer in model.modules():  # the constructors' draws: these two draw in reset_parameters
+        if isinstance(layer, (nn.Linear, nn.Embedding)):
+            copy.deepcopy(layer).to_empty(device="cpu").reset_parameters()
+    steps = [(module, copy.deepcopy(module), initialise) for module, initialise in model.initialisation()]
+    return model, PendingInit(steps)
+
+
+@torch.no_grad()
+def materialise(model: GPTModel, pending: PendingInit, device: torch.device) -> None:
+    """Allocate this rank's shards and the buffers on `device`, and give them their initial values."""
+    model.to_empty(device=device)
+    model.reset_buffers()
+    done: set[int] = set()  # a tied head is the embedding's matrix: set once, by the embedding's step
+    while pending.steps:  # each whole module dropped before the next is made
+        module, meta_copy, initialise = pending.steps.pop(0)
+        whole = meta_copy.to_empty(device="cpu")
+        initialise(whole)  # the draws, on the whole module
+        for name, values in whole.named_parameters():
+            param = module.get_parameter(name)
+            if id(param) not in done:
+                done.add(id(param))
+                local_tensor(param).copy_(own_part(values.to(device), param))
+    model.zero_projections()
