@@ -81,10 +81,10 @@ class Checkpointer:
         if outpaced:
             self._say_outpaced(waited_s)
         # every rank takes part in the state dicts (they may gather); the ranks that write copy them
-        states = self._state_dicts(states)
+        state_dicts = self._state_dicts(states)
         if self.writer is not None:  # every rank under checkpoint.sharded, else rank 0 alone
             copying = time.perf_counter()
-            staged = self.snapshot.take(states)
+            staged = self.snapshot.take(state_dicts)
             if self.ctx.is_main:
                 staged["small"].update(summary, format=store.FORMAT, config=config)
             if self.sharded:
@@ -106,9 +106,9 @@ class Checkpointer:
     def reserve(self, states: dict[str, Stateful]) -> None:
         """Every rank, before the first save is due (after the first step, when the optimizer's state
         exists): the host buffers of a snapshot allocated now, so that the first save only copies."""
-        states = self._state_dicts(states)
+        state_dicts = self._state_dicts(states)
         if self.snapshot is not None:
-            self.snapshot.reserve(states)
+            self.snapshot.reserve(state_dicts)
 
     def _state_dicts(self, states: dict[str, Stateful]) -> dict:
         shards = {name: states[name].sharded_state_dict() for name in sharded.SHARDED_STATES

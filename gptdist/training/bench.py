@@ -44,16 +44,20 @@ def bench_trainer(args, max_steps: int | None = None):
     """The Trainer of the config and overrides in `args`, in a temporary run.out_dir (it never
     resumes, never writes into a run), removed afterwards; `max_steps` for the schedule."""
     cfg = config.load(args.config, args.overrides)
-    cfg.run.out_dir = tempfile.mkdtemp(prefix="gptdist-bench-")
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     ctx = distributed.setup(cfg.train.device)
+    # one folder for every rank, as a run has: a sharded checkpoint's ranks write into the same one
+    cfg.run.out_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="gptdist-bench-") if ctx.is_main
+                                                   else None)
     try:
         trainer = Trainer(cfg, ctx)
         yield trainer
         trainer.close()
     finally:
-        shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        distributed.barrier()  # every rank done with the folder
+        if ctx.is_main:
+            shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
         distributed.teardown()
 
 

@@ -48,13 +48,7 @@ class Trainer:
                                          background=cfg.checkpoint.async_, sharded=sharded,
                                          interval=cfg.checkpoint.interval)
         resume = resume_payload(cfg.checkpoint.resume, self.checkpointer.folder, cfg.optim.optimizer, ctx)
-        init_weights = None
-        if cfg.model.init_from:  # continued pretraining: the architecture is the source's
-            if resume:  # as the checkpoint recorded it: the source is not read again
-                recorded = config.build({"model": resume["config"]["model"]}).model
-                cfg.model = pretrained.continued(cfg.model, recorded)
-            else:
-                cfg.model, init_weights = pretrained.init_from(cfg.model, ctx)
+        init_weights = self._continue_from_source(resume)
         if resume:
             check_architecture(resume["config"]["model"], cfg.model, resume["path"])
         self.startup = {"data_verify_s": self._build_data(resume)}
@@ -81,6 +75,20 @@ class Trainer:
         self.startup["setup_s"] = round(time.perf_counter() - started, 3)
         # every rank's host memory at its peak so far: the model built (or its shards), a resume's reading
         self.startup["host_peak_mb"] = distributed.all_gather_objects(round(peak_host_bytes() / 2**20, 1))
+
+    def _continue_from_source(self, resume: dict | None) -> dict | None:
+        """model.init_from (continued pretraining): the run's architecture becomes the source's. Starting
+        afresh, returns the source's weights; at a resume the architecture is the one the checkpoint
+        recorded, and the source is not read again."""
+        cfg = self.cfg
+        if not cfg.model.init_from:
+            return None
+        if resume:
+            recorded = config.build({"model": resume["config"]["model"]}).model
+            cfg.model = pretrained.continued(cfg.model, recorded)
+            return None
+        cfg.model, weights = pretrained.init_from(cfg.model, self.ctx)
+        return weights
 
     def _build_data(self, resume: dict | None) -> float:
         """The splits' token windows and the loader of this rank's share of every global batch; returns the
