@@ -8,7 +8,16 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, newest_model, run_main, same_weights, torchrun_command, train_args
+from conftest import (
+    REPO,
+    child_pids,
+    newest_model,
+    run_main,
+    same_weights,
+    torchrun_command,
+    train_args,
+    wait_for_exit,
+)
 
 from gptdist.checkpoint import sharded, store
 from gptdist.config import ModelConfig, OptimConfig
@@ -103,14 +112,22 @@ def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
     run = (*MUON, "train.max_steps=6")
     train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=ENV,
+    # each write held open 20 s: when step 2's file appears, the save of step 4 is waiting for it and
+    # step 4's own write has 20 s to go, so the kill lands before the run could end, however loaded
+    slow = {**ENV, "GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S": "20"}
+    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=slow,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_00000002.pt").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the agent and its workers at once
+    # torchrun runs its workers in sessions of their own: each is killed by pid (left alive, they would
+    # train on without an agent, and hold the run's folder)
+    workers = child_pids(proc.pid)
+    for pid in [*workers, proc.pid]:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    wait_for_exit(workers)
     assert not (killed / "checkpoints" / "step_00000006.pt").exists(), "the run ended before the kill"
     train(torchrun_command(2, *train_args(verdict_data, killed, *run)))
     assert same_weights(newest_model(killed), newest_model(tmp_path / "whole"))
