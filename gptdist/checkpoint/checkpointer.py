@@ -94,8 +94,9 @@ class Checkpointer:
             else:
                 path = self.folder / f"step_{step:08d}.pt"
                 write = self.writer.submit(store.write, staged["small"], path, self.keep)
-            self.in_flight = (write, Saved(step, path, 0, round(time.perf_counter() - start, 4), 0.0,
-                                           round(time.perf_counter() - copying, 4), round(waited_s, 4)))
+            self.in_flight = (write, Saved(step, path, bytes=0, stall_s=round(time.perf_counter() - start, 4),
+                                           write_s=0.0, snapshot_s=round(time.perf_counter() - copying, 4),
+                                           waited_s=round(waited_s, 4)))
         if self.background:
             return finished
         saved = self.wait()
@@ -105,7 +106,10 @@ class Checkpointer:
 
     def reserve(self, states: dict[str, Stateful]) -> None:
         """Every rank, before the first save is due (after the first step, when the optimizer's state
-        exists): the host buffers of a snapshot allocated now, so that the first save only copies."""
+        exists): on CUDA, the snapshot's pinned buffers allocated now (pinning is slow), so that the
+        first save only copies. On a CPU an allocation costs nothing until it is written: no work here."""
+        if self.ctx.device.type != "cuda":
+            return
         state_dicts = self._state_dicts(states)
         if self.snapshot is not None:
             self.snapshot.reserve(state_dicts)

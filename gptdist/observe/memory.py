@@ -45,6 +45,11 @@ def peak_host_bytes() -> int:
     return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
+def peak_host_mb() -> float:
+    """peak_host_bytes in MiB, to a tenth: as rows report it."""
+    return round(peak_host_bytes() / 2**20, 1)
+
+
 def _storage_key(tensor: torch.Tensor) -> int:
     return local_tensor(tensor).untyped_storage().data_ptr()
 

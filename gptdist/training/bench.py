@@ -16,7 +16,7 @@ import torch
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.store import checkpoint_paths, size_on_disk
-from ..observe.memory import SavedForBackward, peak_host_bytes, resident_host_bytes, state_bytes
+from ..observe.memory import SavedForBackward, peak_host_bytes, peak_host_mb, resident_host_bytes, state_bytes
 from ..observe.throughput import synchronize
 from . import precision
 from .stopping import StopRequest
@@ -193,7 +193,7 @@ def _rank_figures(ctx: distributed.Dist, added_by_save: int, snapshot_bytes: int
 
     return {"rank": ctx.rank, "host_added_by_save_mb": round(added_by_save / 2**20, 1),
             "snapshot_mb": round(snapshot_bytes / 2**20, 1),
-            "peak_host_mb": round(peak_host_bytes() / 2**20, 1), "stall_s": median(stall_s[1:] or stall_s),
+            "peak_host_mb": peak_host_mb(), "stall_s": median(stall_s[1:] or stall_s),
             "snapshot_s": median([saved.snapshot_s for saved in written]),
             "waited_s": median([saved.waited_s for saved in written]),
             "write_s": median([saved.write_s for saved in written])}

@@ -12,7 +12,7 @@ so `meta_model` makes those draws on host copies of the same layers, in construc
 """
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,15 +21,12 @@ from ..config import ModelConfig
 from ..distributed import local_tensor, own_part
 from ..model.gpt import GPTModel
 
-
-@dataclass
-class PendingInit:
-    """What gives a meta model's shards their values, once they are allocated."""
-
-    steps: list[tuple[nn.Module, nn.Module, object]]  # (the model's module, a meta copy, what initialises it)
+# What gives a meta model's shards their values once they are allocated, in order:
+# (the model's module, a meta copy of it, what initialises it)
+InitSteps = list[tuple[nn.Module, nn.Module, Callable[[nn.Module], None]]]
 
 
-def meta_model(cfg: ModelConfig) -> tuple[GPTModel, PendingInit]:
+def meta_model(cfg: ModelConfig) -> tuple[GPTModel, InitSteps]:
     """The model on the meta device, the random stream left where an unsharded model's construction
     leaves it, and what `materialise` needs (taken before any wrapping or sharding)."""
     with torch.device("meta"):
@@ -38,17 +35,17 @@ def meta_model(cfg: ModelConfig) -> tuple[GPTModel, PendingInit]:
         if isinstance(layer, (nn.Linear, nn.Embedding)):
             copy.deepcopy(layer).to_empty(device="cpu").reset_parameters()
     steps = [(module, copy.deepcopy(module), initialise) for module, initialise in model.initialisation()]
-    return model, PendingInit(steps)
+    return model, steps
 
 
 @torch.no_grad()
-def materialise(model: GPTModel, pending: PendingInit, device: torch.device) -> None:
+def materialise(model: GPTModel, steps: InitSteps, device: torch.device) -> None:
     """Allocate this rank's shards and the buffers on `device`, and give them their initial values."""
     model.to_empty(device=device)
     model.reset_buffers()
     done: set[int] = set()  # a tied head is the embedding's matrix: set once, by the embedding's step
-    while pending.steps:  # each whole module dropped before the next is made
-        module, meta_copy, initialise = pending.steps.pop(0)
+    while steps:  # each whole module dropped before the next is made
+        module, meta_copy, initialise = steps.pop(0)
         whole = meta_copy.to_empty(device="cpu")
         initialise(whole)  # the draws, on the whole module
         for name, values in whole.named_parameters():

@@ -27,7 +27,7 @@ from ..distributed import print0
 from ..errors import UserError
 from ..model.gpt import GPTModel
 from ..observe.flops import device_peak, flops_per_token
-from ..observe.memory import peak_host_bytes
+from ..observe.memory import peak_host_mb
 from ..observe.throughput import Throughput
 from . import optimizer, precision, sharded_init
 from .evaluator import Evaluator
@@ -74,7 +74,7 @@ class Trainer:
         self.data_seconds = 0.0  # spent loading batches, over the whole run (for benchmarks)
         self.startup["setup_s"] = round(time.perf_counter() - started, 3)
         # every rank's host memory at its peak so far: the model built (or its shards), a resume's reading
-        self.startup["host_peak_mb"] = distributed.all_gather_objects(round(peak_host_bytes() / 2**20, 1))
+        self.startup["host_peak_mb"] = distributed.all_gather_objects(peak_host_mb())
 
     def _continue_from_source(self, resume: dict | None) -> dict | None:
         """model.init_from (continued pretraining): the run's architecture becomes the source's. Starting
@@ -122,7 +122,7 @@ class Trainer:
         # under fsdp no rank holds the whole model: made on the meta device, given values once sharded
         on_meta = cfg.train.parallel == "fsdp" and init_weights is None
         if on_meta:
-            self.model, pending = sharded_init.meta_model(cfg.model)
+            self.model, init_steps = sharded_init.meta_model(cfg.model)
         else:
             self.model = GPTModel(cfg.model)
             if init_weights is not None:
@@ -136,7 +136,7 @@ class Trainer:
         # since fully_shard replaces the parameters with their shards.
         self.parallel = parallelize(self.model, cfg.train, ctx, self.dtype)
         if on_meta:
-            sharded_init.materialise(self.model, pending, ctx.device)
+            sharded_init.materialise(self.model, init_steps, ctx.device)
 
     def fit(self) -> str:
         """Train to the end (returns "done") or until a stop signal (returns its name)."""
@@ -157,7 +157,7 @@ class Trainer:
             if step == first_step:  # the time to the first step (compilation, warm-up): waits for the device
                 seconds = self.throughput.first_step_done(self.ctx.device)
                 # every rank's host memory at its peak so far: the setup (a resume's reading too) and a step
-                peaks = distributed.all_gather_objects(round(peak_host_bytes() / 2**20, 1))
+                peaks = distributed.all_gather_objects(peak_host_mb())
                 self.log.first_step(step, seconds, peaks)
                 self.checkpointer.reserve(self.states)  # a save's host buffers, before one is due
             if step % cfg.logging.interval == 0 or final:
