@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def test_the_update_of_one_matrix_is_torchs_muon():
     gains = [{"params": [torch.nn.Parameter(torch.ones(16))]}]  # AdamW's part, not stepped here
     muon = MuonAdamW([ours], gains, muon_lr=0.05, momentum=0.9, muon_weight_decay=0.1, lr=1e-3,
                      betas=(0.9, 0.95))
-    muon.ns_dtype = torch.bfloat16  # torch orthogonalises in bf16; on a CPU gptdist uses fp32 (muon.py)
+    muon.ns_dtype = torch.bfloat16  # torch orthogonalises in bf16; on some CPUs gptdist uses fp32 (muon.py)
     reference = torch.optim.Muon([theirs], lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True)
     for _ in range(3):
         grad = torch.randn(48, 16)
@@ -51,11 +52,28 @@ def test_the_update_of_one_matrix_is_torchs_muon():
 
 def test_fp32_orthogonalisation_is_close_to_bf16s():
     from gptdist.training.muon import orthogonalise
-    matrix = torch.randn(64, 256)
-    exact, fast = orthogonalise(matrix, torch.float32), orthogonalise(matrix, torch.bfloat16).float()
+    matrix = torch.randn(1, 64, 256)
+    exact, fast = orthogonalise(matrix, torch.float32)[0], orthogonalise(matrix, torch.bfloat16)[0].float()
     assert (exact - fast).abs().max() < 0.05 and exact.shape == (64, 256)
     singular = torch.linalg.svdvals(exact)
     assert singular.min() > 0.5 and singular.max() < 1.5  # near-orthogonal rows, as Muon's iteration gives
+
+
+def test_a_stack_of_matrices_is_orthogonalised_as_each_alone():
+    from gptdist.training.muon import orthogonalise
+    tall = torch.randn(3, 96, 32)  # tall: the iteration runs on the transposes
+    together = orthogonalise(tall, torch.float32)
+    for matrix, orthogonal in zip(tall, together, strict=True):
+        alone = orthogonalise(matrix[None], torch.float32)[0]
+        torch.testing.assert_close(orthogonal, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from /proc/cpuinfo")
+def test_bf16_is_chosen_where_the_cpu_has_bf16_instructions():
+    from gptdist.training.muon import bf16_is_fast
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert bf16_is_fast(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_tile"})
+    assert bf16_is_fast(torch.device("cuda"))
 
 
 def test_a_non_finite_step_changes_nothing():

@@ -219,7 +219,9 @@ class GPTModel(nn.Module):
             if isinstance(module, Rotary):
                 module.reset_buffers()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, apply_cap: bool = True) -> torch.Tensor:
+        """Logits (batch, tokens, vocabulary). apply_cap=False under a logit soft-cap: the head's own
+        logits, padded vocabulary included, for a loss that caps them itself (model/capped_loss.py)."""
         tokens = idx.shape[1]
         if tokens > self.cfg.context_length:
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length "
@@ -233,6 +235,8 @@ class GPTModel(nn.Module):
         if padded and self.cfg.vocab_padding == "bias" and cap is None:
             return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
         logits = self.out_head(x)
+        if cap is not None and not apply_cap:
+            return logits
         if padded:  # sliced off: under a cap, a -inf bias would become -cap
             logits = logits[..., : self.cfg.vocab_size]
         return logits if cap is None else cap * torch.tanh(logits / cap)
