@@ -149,3 +149,7 @@ def test_bench_checkpoint_reports_what_a_blocking_and_a_background_save_cost(ver
     assert 0 < row["stall_s"] < row["blocking_s"] and row["write_s"] > 0
     # the snapshot is the state the file holds, once: no second copy for serialisation
     assert 0.9 * row["bytes"] < row["snapshot_host_bytes"] <= row["bytes"]
+    (rank,) = row["ranks"]  # and what a second run adds at its peak, starting afresh and resuming
+    assert rank["fresh_start_peak_added_mb"] > 0 and rank["resume_peak_added_mb"] > 0
+    excess = (rank["resume_peak_added_mb"] - rank["fresh_start_peak_added_mb"]) * 2**20 / row["bytes"]
+    assert row["resume_over_fresh_of_checkpoint"] == [pytest.approx(excess, abs=1e-3)]

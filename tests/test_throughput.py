@@ -1,6 +1,7 @@
 """MFU, ETA and time to the first step: the arithmetic, and the figures the benchmark reports."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -56,3 +57,15 @@ def test_bench_train_reports_speed_mfu_and_startup(verdict_data):
     assert row["tokens_per_sec"] > 0 and 0 < row["mfu"] < 1 and row["torch"] == torch.__version__
     assert row["first_step_s"] > 0 and row["setup_s"] >= row["data_verify_s"] >= 0
     assert row["stop_check_ms_per_step"] >= 0 and len(row["eval_s"]) == 2
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="a Linux /proc")
+def test_the_host_peak_starts_again_from_now_when_reset():
+    from gptdist.observe.memory import peak_host_bytes, reset_peak_host, resident_host_bytes
+    from gptdist.training.host_memory import release_freed_memory
+    block = torch.ones(2**26)  # 256 MiB, written: resident
+    del block
+    release_freed_memory()
+    held = peak_host_bytes()
+    assert reset_peak_host()
+    assert peak_host_bytes() < held - 200 * 2**20 and peak_host_bytes() >= resident_host_bytes() - 2**20

@@ -40,9 +40,24 @@ def resident_host_bytes() -> int:
 
 
 def peak_host_bytes() -> int:
-    """The most host memory this process has held at once (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if os.uname().sysname == "Darwin" else peak * 1024
+    """The most host memory this process has held at once, since it began or since reset_peak_host (Linux:
+    /proc's VmHWM; elsewhere the lifetime peak, which macOS reports in bytes and others in KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def reset_peak_host() -> bool:
+    """Start peak_host_bytes again from the resident memory now (Linux); False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_host_mb() -> float:

@@ -4,6 +4,8 @@ run.out_dir that it removes afterwards.
 """
 
 import contextlib
+import copy
+import gc
 import platform
 import shutil
 import statistics
@@ -16,9 +18,17 @@ import torch
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.store import checkpoint_paths, size_on_disk
-from ..observe.memory import SavedForBackward, peak_host_bytes, peak_host_mb, resident_host_bytes, state_bytes
+from ..observe.memory import (
+    SavedForBackward,
+    peak_host_bytes,
+    peak_host_mb,
+    reset_peak_host,
+    resident_host_bytes,
+    state_bytes,
+)
 from ..observe.throughput import synchronize
 from . import precision
+from .host_memory import release_freed_memory
 from .stopping import StopRequest
 from .trainer import Trainer
 
@@ -163,6 +173,8 @@ def bench_checkpoint(args) -> dict:
                 blocks.append(time.perf_counter() - start)
         background.close()
         size = size_on_disk(checkpoint_paths(folder)[-1]) if ctx.is_main else 0
+        startup_added = {"fresh": _startup_peak_added(cfg, ctx, resume="never", subfolder="fresh-start"),
+                         "resume": _startup_peak_added(cfg, ctx, resume="auto")}
         # the first background save allocates the snapshot's buffers: the later ones are the steady state
         steady = stall_s[1:] or stall_s
         write_s = [saved.write_s for saved in written]
@@ -174,8 +186,12 @@ def bench_checkpoint(args) -> dict:
                   "blocking_s": statistics.median(blocking_s), "stall_s": statistics.median(steady),
                   "first_stall_s": stall_s[0], "write_s": statistics.median(write_s) if write_s else None,
                   "ranks": distributed.all_gather_objects(_rank_figures(ctx, added_by_save, snapshot_bytes,
-                                                                        stall_s, written))}
+                                                                        stall_s, written, startup_added))}
         result["stall_vs_blocking"] = result["stall_s"] / result["blocking_s"]
+        # the target's measure: what a resume adds over a fresh start, as a share of the checkpoint
+        result["resume_over_fresh_of_checkpoint"] = [
+            round((rank["resume_peak_added_mb"] - rank["fresh_start_peak_added_mb"]) * 2**20 / size, 3)
+            for rank in result["ranks"]] if ctx.is_main else None
         if args.pairs:
             result.update({"interval": args.interval, "pairs": args.pairs, "block_s_with_save": with_saves,
                            "block_s_without": without,
@@ -183,11 +199,33 @@ def bench_checkpoint(args) -> dict:
         return result
 
 
+def _startup_peak_added(cfg: config.Config, ctx: distributed.Dist, resume: str, subfolder: str = "") -> int:
+    """The host memory a second run adds on this rank at its peak, beside the one running, through its
+    construction and two steps: starting afresh (checkpoint.resume "never", in a subfolder of the run's)
+    or resuming the run's newest checkpoint ("auto"). Two steps, because a fresh start allocates its
+    optimizer state at the end of its first step, once the activations are freed, and a resume holds it
+    from the start: both hold it beside the activations from then on."""
+    cfg = copy.deepcopy(cfg)
+    cfg.checkpoint.resume, cfg.run.out_dir = resume, str(Path(cfg.run.out_dir) / subfolder)
+    gc.collect()
+    release_freed_memory()  # else the new one reuses what earlier work freed, and seems to add less
+    before = resident_host_bytes()
+    reset_peak_host()
+    trainer = Trainer(cfg, ctx)
+    trainer.model.train()
+    for _ in range(2):
+        trainer.step()
+    added = peak_host_bytes() - before
+    trainer.close()
+    return added
+
+
 def _rank_figures(ctx: distributed.Dist, added_by_save: int, snapshot_bytes: int, stall_s: list,
-                  written: list) -> dict:
+                  written: list, startup_added: dict[str, int]) -> dict:
     """One rank's share of a save: the host memory it added (resident, as the process sees it; freed
-    memory the heap kept may hide part of it) and its snapshot's buffers (counted), and where the
-    background saves' time went (medians)."""
+    memory the heap kept may hide part of it) and its snapshot's buffers (counted), where the
+    background saves' time went (medians), and the host memory a fresh start and a resume add at
+    their peaks."""
     def median(values):
         return round(statistics.median(values), 4) if values else None
 
@@ -196,7 +234,9 @@ def _rank_figures(ctx: distributed.Dist, added_by_save: int, snapshot_bytes: int
             "peak_host_mb": peak_host_mb(), "stall_s": median(stall_s[1:] or stall_s),
             "snapshot_s": median([saved.snapshot_s for saved in written]),
             "waited_s": median([saved.waited_s for saved in written]),
-            "write_s": median([saved.write_s for saved in written])}
+            "write_s": median([saved.write_s for saved in written]),
+            "fresh_start_peak_added_mb": round(startup_added["fresh"] / 2**20, 1),
+            "resume_peak_added_mb": round(startup_added["resume"] / 2**20, 1)}
 
 
 def bench_memory(args) -> dict:
