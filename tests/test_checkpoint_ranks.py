@@ -1,6 +1,7 @@
 """Checkpoints and models that scale with the ranks, with real torchrun and gloo on CPU: under ddp only
 rank 0 holds a save's host copy; at a resume only rank 0 opens the checkpoint file, the others
-receive its state over the process group; model.init_from is not read again at a resume; a save
+receive its state over the process group; model.init_from is not read again at a resume, and under
+fsdp only rank 0 reads it; a save
 that waits for the previous write says so; an fsdp model is never whole on any rank."""
 
 import json
@@ -93,6 +94,31 @@ def test_model_init_from_is_not_read_again_at_a_resume(tmp_path, verdict_data):
                   data=verdict_data)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "initialised from" not in resumed.stdout
+
+
+def test_under_fsdp_model_init_from_is_read_by_rank_0_alone(tmp_path, verdict_data):
+    source, opened = tmp_path / "source", tmp_path / "opened"
+    assert run(source, 1, "train.max_steps=2", data=verdict_data).returncode == 0
+    opened.mkdir()
+    guard = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
+                                                   ENV.get("PYTHONPATH", "")]),
+             "GPTDIST_TEST_UNREADABLE": str(source), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
+             "GPTDIST_TEST_OPENED": str(opened)}
+    steps = ("train.max_steps=2", "checkpoint.interval=2", "eval.interval=100", f"model.init_from={source}")
+    ddp = run(tmp_path / "ddp", 2, *steps, data=verdict_data)
+    fsdp = run(tmp_path / "fsdp", 2, *steps, "train.parallel=fsdp", "checkpoint.sharded=false",
+               data=verdict_data, env=guard)
+    for result in (ddp, fsdp):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "initialised from the weights of" in result.stdout
+    # rank 0 read the source (the guard saw it); rank 1, which could not, never tried: it took its
+    # shards from rank 0, and both runs started from the source's weights and trained alike
+    assert "step_00000002.pt" in (opened / "rank-0").read_text()
+    assert not (opened / "rank-1").exists()
+    under_ddp, under_fsdp = newest_model(tmp_path / "ddp"), newest_model(tmp_path / "fsdp")
+    assert under_ddp.keys() == under_fsdp.keys()
+    assert all((under_ddp[name] - under_fsdp[name]).abs().max() <= 1e-5 for name in under_ddp)
+    assert not same_weights(under_ddp, newest_model(source))  # trained on from there
 
 
 def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict_data):

@@ -76,17 +76,28 @@ def is_gpt2(spec: str | Path) -> bool:
 
 
 def _source(spec: str, ctx: distributed.Dist) -> Weights:
-    """A GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run; any failure is
-    one line naming model.init_from. It is only read.
+    """On every rank: a GPT-2 size or folder (OpenAI or Hugging Face), else a gptdist checkpoint or run;
+    any failure is one line naming model.init_from. It is only read.
 
-    A GPT-2 size is downloaded once per node; the other ranks find it cached.
+    A GPT-2 size is downloaded once per node; the other ranks find it cached (or stop with the
+    downloading rank, if it cannot).
     """
+    size = gpt2.size_of(spec)
+    if size:
+        failure = None
+        if ctx.local_rank == 0:
+            try:
+                gpt2.download_gpt2(size)
+            except UserError as err:
+                failure = UserError(f"model.init_from {spec}: {err}")
+        distributed.raise_together(failure, ctx)
+    return _read_source(spec)
+
+
+def _read_source(spec: str) -> Weights:
+    """The source of _source, read by this rank (a GPT-2 size downloaded if it is not cached)."""
     try:
         if is_gpt2(spec):
-            size = gpt2.size_of(spec)
-            if size and ctx.local_rank == 0:
-                gpt2.download_gpt2(size)
-            distributed.barrier()
             return from_gpt2(spec)
         if not Path(spec).exists():
             raise UserError(f"neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an existing folder or "
@@ -106,6 +117,20 @@ def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
     return continued(run, source), weights
 
 
+def init_from_rank0(run: ModelConfig, ctx: distributed.Dist) -> tuple[ModelConfig, dict | None]:
+    """model.init_from read by rank 0 alone (under fsdp, where the others take their shards from it):
+    the run's model with the source's architecture on every rank, the weights on rank 0 (None on the
+    others); a failure stops every rank, rank 0 saying why."""
+    source, weights, failure = None, None, None
+    if ctx.is_main:
+        try:
+            source, weights = _read_source(run.init_from)
+        except UserError as err:
+            failure = err
+    distributed.raise_together(failure, ctx)
+    return continued(run, distributed.broadcast_object(source)), weights
+
+
 def continued(run: ModelConfig, source: ModelConfig) -> ModelConfig:
     """The run's model with `source`'s architecture (the SOURCE keys; the run keeps its dropout, padding,
     init and a context up to the source's)."""
@@ -119,6 +144,13 @@ def continued(run: ModelConfig, source: ModelConfig) -> ModelConfig:
 def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> GPTModel:
     """Copy weights into `model`: positions cut to its context, vocabulary rows padded (rows never looked
     up, logits masked); every shape checked."""
+    model.load_state_dict(fitted(model, state, source))
+    return model
+
+
+def fitted(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The weights as `model`'s state dict: positions cut to its context, vocabulary rows padded, a tied
+    head named twice; every name and shape checked (a model on the meta device will do)."""
     if "pos_emb.weight" in state:  # learned positions (model.positions), cut to the model's context
         state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
     for name in ("tok_emb.weight", "out_head.weight"):
@@ -137,8 +169,19 @@ def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -
         if own[name].shape != tensor.shape:
             raise UserError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, the model's "
                             f"{tuple(own[name].shape)}")
-    model.load_state_dict(state)
-    return model
+    return state
+
+
+def fitted_on_rank0(model: GPTModel, state: dict | None, source: str, ctx: distributed.Dist) -> dict | None:
+    """`fitted` where rank 0 alone holds the weights (init_from_rank0): a misfit stops every rank."""
+    failure = None
+    try:
+        if ctx.is_main:
+            state = fitted(model, state, source)
+    except UserError as err:
+        failure = err
+    distributed.raise_together(failure, ctx)
+    return state
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

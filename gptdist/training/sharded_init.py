@@ -1,4 +1,5 @@
-"""An fsdp model that no rank ever holds whole, starting from exactly an unsharded model's weights.
+"""An fsdp model that no rank ever holds whole, starting from exactly an unsharded model's weights, or
+from model.init_from's, which rank 0 alone reads and the others take their shards of.
 
 The model is made on the meta device (shapes, no memory) and sharded by `fully_shard` there;
 then every rank allocates its shards and fills them. The values are the ones the same seed gives
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import distribute_tensor
 
 from ..config import ModelConfig
 from ..distributed import local_tensor, own_part
@@ -54,3 +56,17 @@ def materialise(model: GPTModel, steps: InitSteps, device: torch.device) -> None
                 done.add(id(param))
                 local_tensor(param).copy_(own_part(values.to(device), param))
     model.zero_projections()
+
+
+@torch.no_grad()
+def load_from_rank0(model: GPTModel, weights: dict | None, device: torch.device) -> None:
+    """Allocate this rank's shards and the buffers on `device`, and fill them from rank 0's `weights`
+    (model.init_from's, fitted to the model; None on the other ranks), one tensor at a time: a rank
+    other than 0 holds one whole tensor at most, while it takes its part."""
+    model.to_empty(device=device)
+    model.reset_buffers()
+    for name, param in model.named_parameters():  # a tied head once, as the embedding
+        whole = weights[name].to(device) if weights is not None else \
+            torch.empty(param.shape, dtype=param.dtype, device=device)
+        local_tensor(param).copy_(distribute_tensor(whole, param.device_mesh, param.placements,
+                                                    src_data_rank=0).to_local())

@@ -52,7 +52,7 @@ class Trainer:
         if resume:
             check_architecture(resume["config"]["model"], cfg.model, resume["path"])
         self.startup = {"data_verify_s": self._build_data(resume)}
-        self._build_model(init_weights)
+        self._build_model(init_weights, from_source=bool(cfg.model.init_from) and not resume)
         # AdamW fused, or Muon with it: either skips a non-finite step on the device
         self.optimizer = optimizer.build(self.model, cfg.optim)
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
@@ -87,6 +87,9 @@ class Trainer:
             recorded = config.build({"model": resume["config"]["model"]}).model
             cfg.model = pretrained.continued(cfg.model, recorded)
             return None
+        if cfg.train.parallel == "fsdp":  # rank 0 reads it; the others take their shards from it
+            cfg.model, weights = pretrained.init_from_rank0(cfg.model, self.ctx)
+            return weights
         cfg.model, weights = pretrained.init_from(cfg.model, self.ctx)
         return weights
 
@@ -114,28 +117,35 @@ class Trainer:
         self.progress = Progress(global_batch=global_batch)
         return verify_s
 
-    def _build_model(self, init_weights: dict | None) -> None:
-        """The model (initialised, or loaded from model.init_from), in its precision and parallel form."""
+    def _build_model(self, init_weights: dict | None, from_source: bool) -> None:
+        """The model (initialised, or loaded from model.init_from: `from_source`, its weights on every rank,
+        or under fsdp on rank 0 alone), in its precision and parallel form."""
         cfg, ctx = self.cfg, self.ctx
         precision.configure_device(cfg.train, ctx.device)
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         # under fsdp no rank holds the whole model: made on the meta device, given values once sharded
-        on_meta = cfg.train.parallel == "fsdp" and init_weights is None
+        on_meta = cfg.train.parallel == "fsdp"
+        source = f"model.init_from {cfg.model.init_from}"
         if on_meta:
             self.model, init_steps = sharded_init.meta_model(cfg.model)
+            if from_source:
+                init_weights = pretrained.fitted_on_rank0(self.model, init_weights, source, ctx)
         else:
             self.model = GPTModel(cfg.model)
             if init_weights is not None:
-                pretrained.load_weights(self.model, init_weights, f"model.init_from {cfg.model.init_from}")
-                print0(f"initialised from the weights of {cfg.model.init_from}")
+                pretrained.load_weights(self.model, init_weights, source)
             self.model.to(ctx.device)
+        if from_source:
+            print0(f"initialised from the weights of {cfg.model.init_from}")
         self.dtype = precision.resolve(cfg.train.precision, ctx.device)
         self.autocast = precision.autocast(self.dtype, ctx.device)
         self.scaler = precision.grad_scaler(self.dtype, ctx.device)
         # FP8 layers, activation checkpointing, torch.compile, DDP or FSDP: the optimizer comes after,
         # since fully_shard replaces the parameters with their shards.
         self.parallel = parallelize(self.model, cfg.train, ctx, self.dtype)
-        if on_meta:
+        if on_meta and from_source:
+            sharded_init.load_from_rank0(self.model, init_weights, ctx.device)
+        elif on_meta:
             sharded_init.materialise(self.model, init_steps, ctx.device)
 
     def fit(self) -> str:
