@@ -60,9 +60,10 @@ def test_a_resume_adds_little_host_memory_on_ranks_other_than_0(tmp_path, verdic
     size_mb = (out / "checkpoints" / "step_00000002.pt").stat().st_size / 2**20
     assert len(started) == len(again) == 4 and size_mb > 250
     print(f"first-step host peaks, MB: fresh {started}, resumed {again}; checkpoint {size_mb:.0f} MB")
-    # reading, hashing and holding the file would add all of it; one tensor at a time crosses over
+    # reading, hashing and holding the file would add all of it, torch's broadcast_from_rank0 0.9 of it
+    # (+274 MB); one tensor at a time crosses over here: +53-81 MB measured, 17-27%, the heap's luck
     for rank in (1, 2, 3):
-        assert again[rank] - started[rank] < 0.25 * size_mb, (rank, started, again, size_mb)
+        assert again[rank] - started[rank] < 0.5 * size_mb, (rank, started, again, size_mb)
 
 
 def test_ranks_other_than_0_resume_without_opening_the_checkpoint(tmp_path, verdict_data):
