@@ -40,6 +40,10 @@ class StepLoader:
             return [b.pin_memory().to(self.device, non_blocking=True) for b in batches]
         return batches
 
+    def placeholder_batch(self) -> torch.Tensor:
+        """A micro-batch of the real one's shape and type, all token 0, that takes nothing from the data."""
+        return torch.zeros(self.micro_batch, self.windows.window, dtype=torch.long, device=self.device)
+
     @property
     def epoch(self) -> float:
         """Epochs done, with the fraction of the current one."""

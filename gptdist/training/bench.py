@@ -76,9 +76,9 @@ def bench_train(args) -> dict:
     with bench_trainer(args, max_steps=args.warmup + args.steps) as trainer:
         cfg, ctx = trainer.cfg, trainer.ctx
         stop = StopRequest(ctx)
-        trainer.model.train()
         stop_seconds = 0.0
         start = time.perf_counter()
+        trainer.ready_to_step()  # in the time to the first step, as in fit
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 synchronize(ctx.device)
@@ -132,6 +132,7 @@ def bench_checkpoint(args) -> dict:
     per rank, the host memory a save adds and where its time goes."""
     with bench_trainer(args) as trainer:
         cfg, ctx = trainer.cfg, trainer.ctx
+        trainer.ready_to_step()
         for _ in range(2):  # AdamW's moments exist after a step: a checkpoint of its real size
             trainer.step()
         synchronize(ctx.device)
@@ -212,7 +213,7 @@ def _startup_peak_added(cfg: config.Config, ctx: distributed.Dist, resume: str, 
     before = resident_host_bytes()
     reset_peak_host()
     trainer = Trainer(cfg, ctx)
-    trainer.model.train()
+    trainer.ready_to_step()
     for _ in range(2):
         trainer.step()
     added = peak_host_bytes() - before
@@ -244,7 +245,7 @@ def bench_memory(args) -> dict:
     backward (gptdist/observe/memory.py), and the time of a step; the largest rank's figures."""
     with bench_trainer(args, max_steps=args.steps + 3) as trainer:
         cfg, ctx = trainer.cfg, trainer.ctx
-        trainer.model.train()
+        trainer.ready_to_step()
         for _ in range(2):  # AdamW's moments exist after a step; compilation is done
             trainer.step()
         batch = trainer.loader.next()[0]

@@ -32,6 +32,7 @@ from ..distributed import Dist
 from ..errors import UserError
 from ..model.loss import NextTokenLoss
 from . import float8
+from .host_memory import release_freed_memory
 
 
 @dataclass
@@ -49,6 +50,32 @@ class TrainingModel:
         if self.ddp is None or last_micro_step:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
+
+    def lay_out_buckets(self, tokens: torch.Tensor, autocast) -> None:
+        """Under DDP, before a run's first step: one backward on `tokens` whose gradients are dropped,
+        so that every step reduces its gradients in the same buckets. The random streams are left
+        as they were.
+
+        DDP reduces its first backward in one bucket, then lays its buckets out in the order the
+        gradients came in. An all-reduce's sum depends on where a value sits in its bucket (over 2
+        ranks a + b is the same either way, over more it is not): a resumed run whose first step
+        used the first layout would not reach the uninterrupted run's weights bit for bit. Under
+        autocast and with the step's shapes, so that a compiled model reuses this graph. The new
+        buckets are made here, as DDP's join hook makes them, before the optimizer's state exists
+        in a fresh run, not beside it in the second step's forward.
+        """
+        if self.ddp is None:
+            return
+        with torch.random.fork_rng(devices=[tokens.device] if tokens.device.type == "cuda" else []):
+            with autocast:
+                loss = self.loss(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+        self.model.zero_grad(set_to_none=True)
+        self.ddp.reducer._rebuild_buckets()
+        # on a CPU the heap keeps freed blocks (host_memory.py): the new buckets, cut from those the
+        # activations left, would leave holes too small for the first step's, which would then grow
+        # the heap by all of them
+        release_freed_memory()
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale the gradients to a global norm of at most `max_norm`; returns the norm before (on the

@@ -158,7 +158,7 @@ class Trainer:
             self._score_hellaswag()
         first_step = self.progress.step + 1
         self.throughput.start(self.progress.step)
-        self.model.train()
+        self.ready_to_step()
         while self.progress.step < self.total_steps:
             step_loss, grad_norm = self.step()
             step = self.progress.step
@@ -188,6 +188,12 @@ class Trainer:
                 self._score_hellaswag()
         stop.finish()
         return "done"
+
+    def ready_to_step(self) -> None:
+        """Before the first step: the model in training mode, and DDP's buckets laid out as every later
+        step has them (a resume's first step too; see parallelize.py)."""
+        self.model.train()
+        self.parallel.lay_out_buckets(self.loader.placeholder_batch(), self.autocast)
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on this rank's share of the next global batch; returns (mean loss,
