@@ -1,5 +1,6 @@
-"""Shared fixtures: the offline tokenizer files, The Verdict in the download cache, prepared shards,
-and a helper that runs gptdist's commands as real subprocesses (torchrun included)."""
+"""Shared fixtures: the tokenizer files and The Verdict from tests/data, prepared shards, and helpers that
+run gptdist's commands as real processes (torchrun included), started from a preloaded server
+(tests/preloaded.py)."""
 
 import contextlib
 import importlib
@@ -10,36 +11,66 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import filelock
+import preloaded
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GPTDIST_SHARED", REPO.parent / "shared"))
-VERDICT = SHARED / "data" / "the-verdict.txt"
+DATA = REPO / "tests" / "data"
+VERDICT = DATA / "the-verdict.txt"
+# tiktoken's cache names (the sha1 of each file's URL) for the GPT-2 files in tests/data/gpt2
+TIKTOKEN_NAMES = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+                  "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}
 
 
-def _setup_tiktoken_cache() -> None:
-    cache = SHARED / "tiktoken-cache"
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and cache.is_dir():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+def _tiktoken_cache() -> Path:
+    """A tiktoken cache holding tests/data/gpt2's files (tiktoken checks their sha256 as it reads them)."""
+    cache = Path(tempfile.gettempdir()) / f"gptdist-tests-tiktoken-{os.getuid()}"
+    cache.mkdir(exist_ok=True)
+    for name, cached in TIKTOKEN_NAMES.items():
+        source, target = DATA / "gpt2" / name, cache / cached
+        if not target.is_file() or target.stat().st_size != source.stat().st_size:
+            shutil.copy(source, f"{target}.{os.getpid()}")
+            os.replace(f"{target}.{os.getpid()}", target)
+    return cache
 
 
-_setup_tiktoken_cache()
+os.environ["TIKTOKEN_CACHE_DIR"] = str(_tiktoken_cache())
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One core per test process (pyproject's --numprocesses): the runs made in this process then do not
     # spin on a core that the other test process's runs are using.
     torch.set_num_threads(1)
 
+# `python3`, `python` and `torchrun` for every process the tests start: each is forked from this test
+# process's preloaded server (tests/preloaded.py), or is a new interpreter until the server is up.
+LAUNCHERS = Path(tempfile.gettempdir()) / f"gptdist-tests-python-{os.getpid()}"
+PYTHON = str(LAUNCHERS / "python3")
+preloaded.write_launchers(LAUNCHERS, str(LAUNCHERS / "server"))
+os.environ["PATH"] = f"{LAUNCHERS}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preloaded_server():
+    """The server that this test process's launchers hand their commands to, for the whole session."""
+    server = subprocess.Popen([sys.executable, preloaded.__file__, str(LAUNCHERS / "server"), str(LAUNCHERS)],
+                              cwd=REPO)
+    deadline = time.time() + 120
+    while not (LAUNCHERS / "server").exists() and server.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    yield
+    server.kill()
+    server.wait()
+    shutil.rmtree(LAUNCHERS, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def download_cache(tmp_path_factory) -> Path:
     """A GPTDIST_CACHE seeded with The Verdict, as if downloaded before."""
-    if not VERDICT.is_file():
-        pytest.skip(f"{VERDICT} is not here to seed the download cache")
     cache = tmp_path_factory.mktemp("gptdist-cache")
     shutil.copy(VERDICT, cache / "the-verdict.txt")
     return cache
@@ -59,7 +90,7 @@ def run_module(module: str, *args, env: dict | None = None, cwd=None,
                timeout=600) -> subprocess.CompletedProcess:
     """`python -m module args...` as a subprocess, output captured."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([PYTHON, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
@@ -85,7 +116,7 @@ def run_main(module: str, *args) -> subprocess.CompletedProcess:
 
 
 def torchrun_command(nproc: int, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "gptdist.train", *map(str, args)]
 
 
@@ -166,33 +197,57 @@ def newest_model(out_dir: Path) -> dict:
     return store.read(store.checkpoint_paths(out_dir / "checkpoints")[-1])["model"]
 
 
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll `condition()` while `process` runs; fail with its output if it ends first or the time runs out."""
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None or time.time() > deadline:
+            ended = process.poll() is not None
+            if not ended:
+                process.kill()
+            output = "".join(text or "" for text in process.communicate())
+            pytest.fail(f"{'the process ended' if ended else 'timed out'} first: {output[-2000:]}")
+        time.sleep(0.01)
+
+
+def run_processes(out_dir: Path, agents: bool = False) -> list[int]:
+    """The pids of the processes training into `out_dir` (or, with `agents`, of their torchrun agents),
+    found by their command lines."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"run.out_dir={out_dir}".encode() not in args or b"gptdist.train" not in args:
+            continue
+        agent = b"torch.distributed.run" in args or any(arg.endswith(b"torchrun") for arg in args)
+        if agent == agents:
+            found.append(int(cmdline.parent.name))
+    return sorted(found)
+
+
+def kill_job(agent: subprocess.Popen, out_dir: Path) -> None:
+    """SIGKILL a torchrun job's agent and workers at once, as a node failure would (torchrun starts its
+    workers in sessions of their own: killed by pid, not by group), and wait until they are gone."""
+    workers = run_processes(out_dir)
+    for pid in [*workers, agent.pid]:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait()
+    wait_for_exit(workers)
+
+
 def kill_a_worker_once_saved(agent: subprocess.Popen, checkpoint: Path) -> str:
     """Once `checkpoint` exists, SIGKILL the second of torchrun `agent`'s two workers, as a crash
     would; returns the agent's output once it ends, having restarted them under --max-restarts."""
-    deadline = time.time() + 300
-    while not checkpoint.exists():
-        assert agent.poll() is None and time.time() < deadline
-        time.sleep(0.01)
-    workers = child_pids(agent.pid)
+    wait_for(checkpoint.exists, agent)
+    workers = run_processes(checkpoint.parent.parent)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
     output, _ = agent.communicate(timeout=600)
     assert agent.returncode == 0, output[-3000:]
     assert "resumed from" in output, output[-3000:]
     return output
-
-
-def child_pids(pid: int) -> list[int]:
-    """The direct children of a process (from /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
 
 
 def make_unwritable(folder: Path) -> list[str]:
@@ -207,10 +262,28 @@ def make_unwritable(folder: Path) -> list[str]:
     return ["chmod", "700", str(folder)]
 
 
+def tmpfs(path: Path, size: str):
+    """A small tmpfs mounted at `path` (a disk to fill); skips where mounting is not allowed."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mounted.stderr.strip()}")
+
+
+def forked_pid(process: subprocess.Popen) -> int:
+    """The pid of the process that runs `process`'s command: the one the preloaded server forked for its
+    launcher, or the process itself where it is a new interpreter."""
+    forked = LAUNCHERS / "pids" / str(process.pid)
+    return int(forked.read_text()) if forked.exists() else process.pid
+
+
 def wait_for_exit(pids: list[int], timeout: float = 30) -> None:
-    """Wait until processes that are not our children have exited (a zombie has: its files are closed)."""
+    """Wait until processes that are not our children have exited (a zombie has: its files are closed),
+    and with a launcher the process forked for it."""
     deadline = time.time() + timeout
-    for pid in pids:
+    forked = [LAUNCHERS / "pids" / str(pid) for pid in pids]
+    for pid in [*pids, *(int(path.read_text()) for path in forked if path.exists())]:
         stat = Path(f"/proc/{pid}/stat")
         while True:
             try:

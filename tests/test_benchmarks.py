@@ -1,24 +1,79 @@
-"""benchmarks/gpu.sh on a CPU with tiny models: every row, ratio and curve it writes, ready for a GPU."""
+"""benchmarks/gpu.sh on a CPU with tiny models: every row, ratio and curve it writes, ready for a GPU.
+
+nanoGPT is not part of gptdist: $GPTDIST_NANOGPT_DIR points at a checkout of it, else the tests write a
+stand-in with the interface its model.py gives the benchmarks (GPTConfig, GPT(config)(x, y) -> logits,
+loss; get_num_params; configure_optimizers), built from gptdist's own model."""
 
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO
 
-NANOGPT = SHARED / "anchors" / "nanoGPT"
+NANOGPT_STAND_IN = '''"""A stand-in for nanoGPT's model.py (GPTConfig, GPT) on gptdist's GPTModel."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptdist.config import ModelConfig
+from gptdist.model.gpt import GPTModel
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class GPT(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        shape = ModelConfig(vocab_size=config.vocab_size, vocab_multiple=1, n_layers=config.n_layer,
+                            n_heads=config.n_head, emb_dim=config.n_embd, drop_rate=config.dropout,
+                            context_length=config.block_size, bias=config.bias, tie_embeddings=True)
+        self.model = GPTModel(shape)
+
+    def forward(self, idx, targets=None):
+        logits = self.model(idx)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def get_num_params(self, non_embedding=True):
+        return self.model.num_params() - (self.model.pos_emb.weight.numel() if non_embedding else 0)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+'''
 # One layer of width 16 and 16-token windows: each run is a second or two of work, its start-up aside.
 TINY_GPTDIST = ("train.device=cpu train.precision=fp32 train.compile=false model.n_layers=1 model.emb_dim=16 "
                 "model.n_heads=2 model.context_length=16")
 TINY_NANOGPT = "--device cpu --dtype float32 --no-compile --n-layer 1 --n-embd 16 --n-head 2 --block-size 16"
 
 
+@pytest.fixture(scope="module")
+def nanogpt(tmp_path_factory) -> Path:
+    """A nanoGPT checkout ($GPTDIST_NANOGPT_DIR), or a stand-in with its model.py's interface."""
+    if os.environ.get("GPTDIST_NANOGPT_DIR"):
+        return Path(os.environ["GPTDIST_NANOGPT_DIR"])
+    folder = tmp_path_factory.mktemp("nanogpt")
+    (folder / "model.py").write_text(NANOGPT_STAND_IN)
+    return folder
+
+
 @pytest.mark.slow
-def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_save_cost_and_fsdp(tmp_path,
-                                                                                                 download_cache):
-    if not (NANOGPT / "model.py").is_file():
-        pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
+def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_save_cost_and_fsdp(
+        tmp_path, download_cache, nanogpt):
     pytest.importorskip("torchao")
     # Two calls at once, each on one core of its own (one thread: a CPU's peak is measured as the runs
     # use it), as a GPU session makes them one after the other; the shipped config is compared with the
@@ -28,7 +83,7 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
            "CORPUS_MB": "1", "OMP_NUM_THREADS": "1"}
     calls = {tmp_path / "compare.jsonl": ["compare", "shipped"],
              tmp_path / "parts.jsonl": ["fp8", "checkpoint", "fsdp"]}
-    scripts = [subprocess.Popen(["bash", "benchmarks/gpu.sh", str(NANOGPT), *parts], cwd=REPO,
+    scripts = [subprocess.Popen(["bash", "benchmarks/gpu.sh", str(nanogpt), *parts], cwd=REPO,
                                 env={**env, "RESULTS": str(results)}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
                for results, parts in calls.items()]
@@ -71,13 +126,11 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
 
 
 @pytest.mark.slow
-def test_time_to_loss_trains_the_three_programs_and_ends_with_the_summary(tmp_path, verdict_data):
-    if not (NANOGPT / "model.py").is_file():
-        pytest.skip(f"nanoGPT's model.py is not at {NANOGPT}")
+def test_time_to_loss_trains_the_three_programs_and_ends_with_the_summary(tmp_path, verdict_data, nanogpt):
     results, plot = tmp_path / "results.jsonl", tmp_path / "curves.png"
     tiny = ["model.n_layers=1", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",
             "train.micro_batch_size=4"]
-    command = ["bash", "benchmarks/time_to_loss.sh", str(NANOGPT), "--data", str(verdict_data), "--budget",
+    command = ["bash", "benchmarks/time_to_loss.sh", str(nanogpt), "--data", str(verdict_data), "--budget",
                "3", "--sweep", "--results", str(results), "--plot", str(plot), *tiny]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -105,11 +158,10 @@ def test_time_to_loss_trains_the_three_programs_and_ends_with_the_summary(tmp_pa
 
 
 @pytest.mark.slow
-def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tmp_path, download_cache):
+def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tmp_path, download_cache,
+                                                                              nanogpt):
     """`gpu.sh quick` as a short GPU loan runs it, on a CPU with tiny models, where `python` does not exist
     (the GPU machines have only python3)."""
-    if not (NANOGPT / "model.py").is_file():
-        pytest.skip(f"no nanoGPT checkout at {NANOGPT}")
     no_python = tmp_path / "bin"
     no_python.mkdir()
     (no_python / "python").write_text("#!/bin/sh\necho 'python: not here, call python3' >&2\nexit 127\n")
@@ -118,7 +170,7 @@ def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tm
     env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
            "NANOGPT_ARGS": TINY_NANOGPT, "RESULTS": str(results), "OMP_NUM_THREADS": "1",
            "PATH": f"{no_python}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(NANOGPT), "quick"], cwd=REPO, env=env,
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", str(nanogpt), "quick"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and "not here" not in result.stderr, result.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]

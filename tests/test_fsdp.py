@@ -14,10 +14,10 @@ from conftest import (
     newest_model,
     run_main,
     same_weights,
+    tmpfs,
     torchrun_command,
     train_args,
 )
-from test_reliability import tmpfs
 
 from gptdist import config
 from gptdist.checkpoint import sharded, store

@@ -2,11 +2,10 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, metrics_rows, random_hf_gpt2, run_main, train_args, write_hellaswag
+from conftest import PYTHON, REPO, metrics_rows, random_hf_gpt2, run_main, train_args, write_hellaswag
 
 from gptdist import tokenizer
 from gptdist.errors import UserError
@@ -48,7 +47,7 @@ def evaluate_hellaswag(*args, nproc=1):
     if nproc == 1:
         result = run_main("gptdist.evaluate", "--task", "hellaswag", *args)
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        command = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    "-m", "gptdist.evaluate", "--task", "hellaswag", *map(str, args)]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -124,7 +123,7 @@ def test_training_scores_hellaswag_at_its_interval(tmp_path, verdict_data, nproc
     out = tmp_path / "run"
     args = train_args(verdict_data, out, "train.max_steps=4", "eval.hellaswag_interval=2",
                       f"eval.hellaswag_file={data}", f"train.parallel={parallel}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    command = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "gptdist.train", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

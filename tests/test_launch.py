@@ -2,12 +2,12 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import (
     ONE_THREAD,
+    PYTHON,
     REPO,
     UNINTERRUPTED,
     free_port,
@@ -20,7 +20,7 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 def torchrun(*launch_args):
-    return [sys.executable, "-m", "torch.distributed.run", *launch_args, "-m", "gptdist.train"]
+    return [PYTHON, "-m", "torch.distributed.run", *launch_args, "-m", "gptdist.train"]
 
 
 def test_two_agents_meeting_by_c10d_match_one_agent(tmp_path, verdict_data, uninterrupted):

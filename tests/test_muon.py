@@ -2,22 +2,20 @@
 ddp and fsdp, with accumulation, a kill -9 and a resume."""
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import (
     REPO,
-    child_pids,
+    kill_job,
     newest_model,
     run_main,
     same_weights,
     torchrun_command,
     train_args,
-    wait_for_exit,
+    wait_for,
 )
 
 from gptdist.checkpoint import sharded, store
@@ -129,23 +127,16 @@ def test_two_processes_are_one_with_accumulation_and_fsdp_is_ddp(tmp_path, verdi
 def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
     run = (*MUON, "train.max_steps=6")
     train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
-    killed = tmp_path / "killed"
-    # each write held open 20 s: when step 2's file appears, the save of step 4 is waiting for it and
-    # step 4's own write has 20 s to go, so the kill lands before the run could end, however loaded
-    slow = {**ENV, "GPTDIST_TEST_CHECKPOINT_WRITE_DELAY_S": "20"}
-    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=slow,
+    killed, gate = tmp_path / "killed", tmp_path / "gate"
+    gate.mkdir()
+    # step 2's write goes through, step 4's is held before its rename: the kill lands between them
+    (gate / "step_00000002.pt").touch()
+    held = {**ENV, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
+    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=held,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002.pt").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    # torchrun runs its workers in sessions of their own: each is killed by pid (left alive, they would
-    # train on without an agent, and hold the run's folder)
-    workers = child_pids(proc.pid)
-    for pid in [*workers, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    wait_for_exit(workers)
+    wait_for((gate / "step_00000004.pt.held").exists, proc)
+    kill_job(proc, killed)
+    assert (killed / "checkpoints" / "step_00000002.pt").exists()
     assert not (killed / "checkpoints" / "step_00000006.pt").exists(), "the run ended before the kill"
     train(torchrun_command(2, *train_args(verdict_data, killed, *run)))
     assert same_weights(newest_model(killed), newest_model(tmp_path / "whole"))

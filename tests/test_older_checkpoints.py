@@ -8,12 +8,11 @@ must reach, bit for bit, the weights the earlier one reached without a break.
 import io
 import os
 import subprocess
-import sys
 import tarfile
 
 import pytest
 import torch
-from conftest import REPO, newest_model, same_weights, torchrun_command, train_args
+from conftest import PYTHON, REPO, newest_model, same_weights, torchrun_command, train_args
 
 from gptdist.checkpoint import sharded, store
 from gptdist.config import ModelConfig
@@ -47,13 +46,13 @@ def train(command: list[str], cwd) -> None:
 
 def test_a_format_2_checkpoint_file_resumes_to_the_same_weights(tmp_path, verdict_data, format_2_gptdist):
     earlier = tmp_path / "earlier"
-    train([sys.executable, "-m", "gptdist.train", *train_args(verdict_data, earlier, *RUN)], format_2_gptdist)
+    train([PYTHON, "-m", "gptdist.train", *train_args(verdict_data, earlier, *RUN)], format_2_gptdist)
     middle = earlier / "checkpoints" / "step_00000002.pt"
     assert store.read(middle)["format"] == "gptdist-checkpoint/2"
     assert any(".ff.layers.0." in name for name in torch.load(middle, weights_only=True)["model"])
 
     today = tmp_path / "today"
-    train([sys.executable, "-m", "gptdist.train", *train_args(verdict_data, today, *RUN,
+    train([PYTHON, "-m", "gptdist.train", *train_args(verdict_data, today, *RUN,
                                                                f"checkpoint.resume={middle}")], REPO)
     assert same_weights(newest_model(today), newest_model(earlier))  # read with today's names
     assert store.read(store.checkpoint_paths(today / "checkpoints")[-1])["format"] == store.FORMAT

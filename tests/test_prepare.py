@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import VERDICT, run_main, run_module
+from conftest import PYTHON, VERDICT, run_main, run_module
 
 from gptdist.data import corpus, shards
 from gptdist.errors import UserError
@@ -262,7 +262,7 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
     docs = tmp_path / "docs"
     write_docs(docs, 3000, words=400)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "gptdist.prepare", "--input", str(docs), "--out", str(out),
+    proc = subprocess.Popen([PYTHON, "-m", "gptdist.prepare", "--input", str(docs), "--out", str(out),
                              "--workers", "1", "--shard-tokens", "2000"], stderr=subprocess.PIPE,
                              env=os.environ)
     deadline = time.time() + 60

@@ -3,24 +3,24 @@
 import os
 import signal
 import subprocess
-import sys
-import time
 import typing
 
 import pytest
 import torch
 from conftest import (
     ONE_THREAD,
+    PYTHON,
     REPO,
     UNINTERRUPTED,
-    child_pids,
+    kill_job,
     metrics_rows,
     newest_model,
     run_main,
     run_module,
+    run_processes,
     torchrun_command,
     train_args,
-    wait_for_exit,
+    wait_for,
 )
 
 from gptdist import config
@@ -73,17 +73,8 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data, uninterrupted):
     proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *UNINTERRUPTED)), cwd=REPO,
                             env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000008.pt").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    # The whole job dies at once, as on a node failure: torchrun runs its workers in sessions of
-    # their own, so they are killed by pid (left alive, they would train on without an agent).
-    workers = child_pids(proc.pid)
-    for pid in [*workers, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    wait_for_exit(workers)
+    wait_for((killed / "checkpoints" / "step_00000008.pt").exists, proc)
+    kill_job(proc, killed)  # the whole job dies at once, as on a node failure
     assert not (killed / "checkpoints" / "step_00000024.pt").exists(), "the run ended before the kill"
 
     result = torchrun(2, *train_args(verdict_data, killed, *UNINTERRUPTED))
@@ -101,9 +92,8 @@ VARIANTS = ["eager", "compile", "blocks", "fsdp", "fsdp+blocks+compile"]  # see 
 @pytest.mark.slow
 def test_accumulated_gradients_equal_one_process(tmp_path, verdict_data):
     script = REPO / "tests" / "dist_grad_check.py"
-    env = {**ONE_THREAD, "PYTHONPATH": str(REPO)}  # a script's own folder, not the checkout, leads its path
     result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *VARIANTS],
-                            capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+                            capture_output=True, text=True, env=ONE_THREAD, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for variant in VARIANTS:
         assert f"{variant}: gradients equal on 2 ranks and to one process's" in result.stdout, result.stdout
@@ -163,11 +153,9 @@ def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (out / "metrics.jsonl").exists() or '"step": 3,' not in (out / "metrics.jsonl").read_text():
-        assert agent.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    workers = child_pids(agent.pid)
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and '"step": 3,' in metrics.read_text(), agent)
+    workers = run_processes(out)
     assert len(workers) == 2
     os.kill(max(workers), signal.SIGUSR1)  # one worker only: the other learns it from the agreement
     stdout, stderr = agent.communicate(timeout=300)
@@ -227,12 +215,10 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(tmp_path, verdict
     out = tmp_path / "run"
     args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1",
                       "checkpoint.interval=100000")
-    proc = subprocess.Popen([sys.executable, "-m", "gptdist.train", *args], cwd=REPO,
+    proc = subprocess.Popen([PYTHON, "-m", "gptdist.train", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists() or '"step": 3' not in (out / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and '"step": 3,' in metrics.read_text(), proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
