@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 # What a test's processes import, once: torch, every command, and what a run loads lazily (torch.compile's
 # front end, which the fused AdamW imports; matplotlib for loss.png; torchrun).
 PRELOAD = ("torch", "torch._dynamo", "torch.distributed.run", "gptdist.train", "gptdist.bench",
-           "gptdist.evaluate", "gptdist.generate", "gptdist.prepare", "gptdist.export", "matplotlib.pyplot",
-           "numpy")
+           "gptdist.evaluate", "gptdist.generate", "gptdist.prepare", "gptdist.export", "matplotlib.figure",
+           "matplotlib.backends.backend_agg", "numpy")
 # Modules and scripts served from the fork; anything else goes to a new interpreter.
 MODULES = ("gptdist.", "torch.distributed.run")
 SCRIPTS = (REPO / "benchmarks", REPO / "tests")
 # Variables that shape what an import does: a command whose values differ from the server's gets a new
-# interpreter. PYTHONPATH may add folders of tests/ (a test's sitecustomize.py), as `site` would.
+# interpreter. PYTHONPATH may add the checkout and folders of tests/ (`_added_paths`).
 IMPORT_VARIABLES = ("PYTHONHOME", "PYTHONWARNINGS", "PYTHONSAFEPATH", "MPLBACKEND", "TORCH_LOGS")
 IMPORT_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "PYTORCH_", "TORCH_COMPILE")
 
@@ -124,13 +124,16 @@ def _import_state(env: dict) -> tuple:
 
 
 def _added_paths(env: dict) -> list[str] | None:
-    """The folders the command's PYTHONPATH adds to the server's: None unless all are folders of tests/."""
+    """The folders the command's PYTHONPATH adds to the server's; None if one of them could import
+    something else than the server has: each must be the checkout (its gptdist is the server's) or a
+    folder of tests/ (a test's sitecustomize.py)."""
     own = SERVER_PYTHONPATH.split(os.pathsep)
     added = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path and path not in own]
     tests = REPO / "tests"
-    if all(tests == Path(path).resolve() or tests in Path(path).resolve().parents for path in added):
-        return added
-    return None
+    for path in map(lambda path: Path(path).resolve(), added):
+        if path != REPO and path != tests and tests not in path.parents:
+            return None
+    return added
 
 
 def _runnable(argv: list[str], env: dict, cwd: str) -> tuple[str, str, list[str], bool, list[str]] | None:
@@ -224,9 +227,17 @@ def _standard_streams(unbuffered: bool) -> None:
 
 def _fresh_process_state() -> None:
     """What a new interpreter has that a fork would share with its siblings: random seeds of its own, its
-    thread count from OMP_NUM_THREADS, default signal handlers."""
+    thread count from OMP_NUM_THREADS, default signal handlers; the tokenizer the server loaded only if
+    its TIKTOKEN_CACHE_DIR is the command's."""
     import numpy as np
+    import tiktoken.registry
     import torch
+
+    from gptdist import tokenizer
+
+    if os.environ.get("TIKTOKEN_CACHE_DIR") != SERVER_TIKTOKEN_CACHE:
+        tokenizer.gpt2_encoding.cache_clear()
+        tiktoken.registry.ENCODINGS.clear()
 
     torch.seed()
     np.random.seed()
@@ -293,21 +304,39 @@ def _run(connection: socket.socket) -> int:
 DEFAULT_THREADS = 1  # what torch chose at the server's start: a new interpreter's thread count
 IMPORT_STATE: tuple = ()  # the server's own _import_state
 SERVER_PYTHONPATH = ""
+SERVER_TIKTOKEN_CACHE = None
 LAUNCHERS: dict[str, str] = {}
+
+
+def _warm_up() -> None:
+    """What every run does once, done here: the tokenizer's files read, matplotlib's fonts found."""
+    import tempfile
+
+    from gptdist import tokenizer
+    from gptdist.observe import metrics
+
+    try:
+        tokenizer.gpt2_encoding()
+    except Exception:  # offline without the files: each command then says so itself
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        rows = Path(folder, "metrics.jsonl")
+        rows.write_text('{"step": 0, "epoch": 0, "tokens_seen": 0, "train_loss": 1, "val_loss": 1}\n')
+        metrics.plot_losses(rows, Path(folder, "loss.png"))
 
 
 def serve(address: str, launchers: str) -> None:
     """Import everything once, then fork a process for each launcher that connects; when it ends, send
     the launcher its exit status."""
-    global DEFAULT_THREADS, IMPORT_STATE, SERVER_PYTHONPATH
+    global DEFAULT_THREADS, IMPORT_STATE, SERVER_PYTHONPATH, SERVER_TIKTOKEN_CACHE
     IMPORT_STATE = _import_state(dict(os.environ))  # before the imports, which set some (inductor's cache)
     SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")
+    SERVER_TIKTOKEN_CACHE = os.environ.get("TIKTOKEN_CACHE_DIR")
     for module in PRELOAD:
         __import__(module)
-    import matplotlib
+    _warm_up()
     import torch
 
-    matplotlib.use("Agg")
     DEFAULT_THREADS = torch.get_num_threads()
     LAUNCHERS.update({name: str(Path(launchers, name)) for name in ("python3", "python", "torchrun", "pids")})
     Path(LAUNCHERS["pids"]).mkdir(exist_ok=True)

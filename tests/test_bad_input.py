@@ -219,7 +219,10 @@ def finished_run(tmp_path_factory, verdict_data):
 
 
 def snapshot(root):
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under `root` by its size, modification time and inode: any write, replacement or removal
+    changes them (the run's checkpoints are tens of MB; reading them for every case would cost minutes)."""
+    return {p: (s.st_size, s.st_mtime_ns, s.st_ino) for p in sorted(root.rglob("*")) if p.is_file()
+            for s in [p.stat()]}
 
 
 @pytest.mark.parametrize("command, arguments, expected, kind", CASES,

@@ -36,17 +36,18 @@ def eval_history(path: Path) -> list[dict]:
 def plot_losses(metrics_path: Path, out_png: Path) -> bool:
     """Train and val loss against epochs, with tokens seen on a second axis; False without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return False
     history = eval_history(metrics_path)
     if not history:
         return False
     epochs = [row["epoch"] for row in history]
-    fig, ax1 = plt.subplots(figsize=(5, 3))
+    # a Figure of its own (no pyplot state), margins fixed: measuring the labels for a tight layout took
+    # most of a redraw (0.25 of 0.4 s on a CPU)
+    fig = Figure(figsize=(5, 3))
+    fig.subplots_adjust(left=0.14, right=0.96, bottom=0.16, top=0.82)
+    ax1 = fig.add_subplot()
     ax1.plot(epochs, [row["train_loss"] for row in history], label="Training loss")
     ax1.plot(epochs, [row["val_loss"] for row in history], linestyle="-.", label="Validation loss")
     ax1.set_xlabel("Epochs")
@@ -55,9 +56,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> bool:
     ax2 = ax1.twiny()  # same curves against tokens seen, drawn invisibly to align the axis
     ax2.plot([row["tokens_seen"] for row in history], [row["train_loss"] for row in history], alpha=0)
     ax2.set_xlabel("Tokens seen")
-    fig.tight_layout()
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(out_png)
     return True
