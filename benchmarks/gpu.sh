@@ -107,8 +107,8 @@ for part in $PARTS; do
       for recipe in tensorwise rowwise; do
         record "355M mb16" "gptdist float8=$recipe" gptdist $MEDIUM train.micro_batch_size=16 train.float8=$recipe
       done
-      if python3 -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import bench
-tokenizer.gpt2_encoding(); bench.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB:-32})" 2>/dev/null; then
+      if python3 -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import rates
+tokenizer.gpt2_encoding(); rates.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB:-32})" 2>/dev/null; then
         python3 -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
         for recipe in null tensorwise; do
           python3 -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \

@@ -24,7 +24,7 @@ import torch
 
 from gptdist.observe.flops import device_peak
 from gptdist.observe.throughput import synchronize
-from gptdist.training.bench import device_name, peak_memory_mb
+from gptdist.training.costs import device_name, peak_memory_mb
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import sys
 
 from . import distributed
 from .arguments import ArgumentParser, input_path, non_negative_int, positive_float, positive_int
-from .data import bench as data_bench
+from .data import rates
 from .errors import cli
-from .training import bench as training_bench
+from .training import costs
 
 
 def print_table(result: dict) -> None:
@@ -75,9 +75,8 @@ def parse_args(argv=None):
 @cli("gptdist.bench")
 def main(argv=None) -> None:
     args = parse_args(argv)
-    benchmarks = {"train": training_bench.bench_train, "checkpoint": training_bench.bench_checkpoint,
-                  "memory": training_bench.bench_memory, "data": data_bench.bench_data,
-                  "prepare": data_bench.bench_prepare}
+    benchmarks = {"train": costs.bench_train, "checkpoint": costs.bench_checkpoint,
+                  "memory": costs.bench_memory, "data": rates.bench_data, "prepare": rates.bench_prepare}
     result = benchmarks[args.what](args)
     if distributed.rank() == 0:
         print_table(result)

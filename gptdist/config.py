@@ -86,7 +86,7 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dir: str = option("data/verdict", NON_EMPTY, path=INPUT)  # a folder made by `python -m gptdist.prepare`
-    # tokens between sample starts; None: context_length (no overlap)
+    # tokens between sample starts; None: model.context_length (no overlap)
     stride: int | None = option(None, POSITIVE)
     verify: bool = True  # check every shard's sha256 and token ids at start (one read of the data)
 
@@ -148,7 +148,7 @@ class TrainConfig:
     # logging.interval - 1 further steps run (and are skipped too) before the stop.
     max_bad_steps: int = option(5, POSITIVE)
     tf32: bool = True  # on CUDA, fp32 matmuls on tensor cores
-    reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (training/host_memory.py)
+    reuse_host_memory: bool = True  # on CPU, keep freed large blocks in the heap (training/heap.py)
     ddp_bucket_mb: int = option(25, POSITIVE)  # DDP gradient all-reduce bucket size
     # ddp: every rank holds all weights, gradients and AdamW moments (16 bytes per parameter). fsdp: FSDP2
     # shards them across the ranks (about 16 / world_size bytes per parameter) and gathers each block's
@@ -341,10 +341,23 @@ def _build_section(name: str, cls: type, values) -> object:
     return section
 
 
+def _resolve_defaults(cfg: Config) -> Config:
+    """The defaults that depend on other keys, made explicit here and nowhere else: data.stride (the
+    context), checkpoint.sharded (under fsdp), train.grad_clip 0 (none, as null)."""
+    if cfg.data.stride is None:
+        cfg.data.stride = cfg.model.context_length
+    if cfg.checkpoint.sharded is None:
+        cfg.checkpoint.sharded = cfg.train.parallel == "fsdp"
+    if cfg.train.grad_clip == 0:
+        cfg.train.grad_clip = None
+    return cfg
+
+
 def build(raw: dict) -> Config:
     """A Config from a nested dict, checking every key and type.
 
-    `model.preset` fills the model keys the dict does not set itself.
+    `model.preset` fills the model keys the dict does not set itself; the defaults that depend on
+    other keys are then resolved (`_resolve_defaults`).
     """
     if not isinstance(raw, dict):
         raise UserError(f"the config must be a mapping of sections, got {type(raw).__name__}")
@@ -353,7 +366,8 @@ def build(raw: dict) -> Config:
     if unknown:
         raise UserError(f"unknown config section {sorted(unknown)[0]!r}; "
                         f"valid sections: {', '.join(sections)}")
-    return Config(**{name: _build_section(name, cls, raw.get(name) or {}) for name, cls in sections.items()})
+    return _resolve_defaults(Config(**{name: _build_section(name, cls, raw.get(name) or {})
+                                       for name, cls in sections.items()}))
 
 
 def apply_override(raw: dict, override: str) -> None:

@@ -5,13 +5,16 @@ process group and every collective below is the identity.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -112,15 +115,28 @@ def any_rank(flag: bool, ctx: Dist) -> bool:
     return bool(tensor.item())
 
 
-def raise_together(failure: UserError | None, ctx: Dist) -> None:
-    """If any rank failed, every rank stops: the failing one with its error, the others quietly.
+def stop_together(work: Callable[[], T], ctx: Dist, runs_here: bool = True) -> T | None:
+    """`work()` on the ranks where `runs_here` (None elsewhere); if it raises a UserError on any rank,
+    every rank stops: that rank with its error, the others quietly.
 
     A rank that failed alone would leave the others waiting forever in their next collective.
     """
+    result, failure = None, None
+    if runs_here:
+        try:
+            result = work()
+        except UserError as err:
+            failure = err
     if any_rank(failure is not None, ctx):
         if failure is not None:
             raise failure
         raise SystemExit(2)  # the failing rank says why, in one line
+    return result
+
+
+def on_rank0(work: Callable[[], T], ctx: Dist) -> T | None:
+    """`work()` on rank 0 alone (None on the others); a UserError it raises stops every rank."""
+    return stop_together(work, ctx, ctx.is_main)
 
 
 def all_gather_objects(obj) -> list:
@@ -141,14 +157,22 @@ def broadcast_object(obj):
     return carried[0]
 
 
+# torch.distributed.tensor is imported where it is used: it takes a second and a half to import, and
+# a command that never shards (prepare, generate, export) need not wait for it.
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a tensor: the local shard of an FSDP parameter, any other tensor itself."""
+    from torch.distributed.tensor import DTensor
+
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def own_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """This rank's part of the whole tensor `full` (the same on every rank), laid out as `like` (an
     fsdp shard): taken, not sent; `full` itself when `like` is no shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     if not isinstance(like, DTensor):
         return full
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()

@@ -20,7 +20,6 @@ from .data.windows import TokenWindows
 from .errors import UserError, cli
 from .evaluation import hellaswag
 from .evaluation.perplexity import evaluate_loss, perplexity
-from .model.loss import NextTokenLoss
 from .training import precision
 
 
@@ -89,7 +88,7 @@ def evaluate_splits(model, args, ctx: distributed.Dist, autocast) -> dict:
     for split in args.splits:
         windows = TokenWindows(manifest, split, context, args.stride or context)
         batches = args.batches or -(-windows.num_samples // args.batch_size)
-        loss = evaluate_loss(NextTokenLoss(model), windows, batches, args.batch_size, ctx, autocast)
+        loss = evaluate_loss(model, windows, batches, args.batch_size, ctx, autocast)
         results[split] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 2),
                           "samples": min(windows.num_samples, batches * args.batch_size * ctx.world_size)}
         distributed.print0(f"{split}: loss {loss:.4f} | perplexity {perplexity(loss):.2f}")

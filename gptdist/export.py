@@ -16,8 +16,8 @@ from pathlib import Path
 from .arguments import ArgumentParser, output_path
 from .checkpoint import pretrained
 from .errors import cli
+from .files.replace import Kind, check_apart, replace_folder
 from .model import hf
-from .replace import Kind, check_apart, replace_folder
 from .training import precision
 
 EXPORT = Kind("an export folder", "export", hf.files_not_exported)

@@ -10,7 +10,7 @@ The work is gptdist/data/prepare.py's; the shard format is gptdist/data/shards.p
 
 from .arguments import ArgumentParser, fraction, input_path, output_path, positive_int, seed, text
 from .data import corpus, shards
-from .data.prepare import PrepareOptions, prepare
+from .data.preparation import PrepareOptions, prepare
 from .errors import cli
 
 

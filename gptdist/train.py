@@ -17,7 +17,7 @@ from . import config, distributed
 from .arguments import ArgumentParser, input_path
 from .errors import cli
 from .training import runlock
-from .training.trainer import Trainer
+from .training.build import build_trainer
 
 
 def build_parser() -> ArgumentParser:
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     ctx = distributed.setup(cfg.train.device)
     try:
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
-            trainer = Trainer(cfg, ctx)
+            trainer = build_trainer(cfg, ctx)
             try:
                 outcome = trainer.fit()
                 # Finish together: a rank destroying the process group while another still uses it

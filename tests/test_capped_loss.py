@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gptdist.config import ModelConfig
 from gptdist.model.capped_loss import capped_cross_entropy
 from gptdist.model.gpt import GPTModel
-from gptdist.model.loss import IGNORE_INDEX, NextTokenLoss, next_token_loss
+from gptdist.model.loss import IGNORE_INDEX, next_token_loss
 
 CAP, VOCAB, PADDED = 15.0, 990, 1024
 
@@ -63,7 +63,7 @@ def test_a_capped_models_training_loss_is_its_logits_loss():
     with torch.no_grad():
         model.out_head.weight.mul_(100)  # logits the cap bends
     tokens = torch.randint(0, 101, (2, 9))
-    fused = NextTokenLoss(model)(tokens[:, :-1], tokens[:, 1:])
+    fused = model(tokens[:, :-1], tokens[:, 1:])
     fused.backward()
     fused_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -73,5 +73,5 @@ def test_a_capped_models_training_loss_is_its_logits_loss():
     for ours, theirs in zip(fused_grads, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-4)
     with torch.no_grad():  # as evaluation calls it: no gradient kept
-        torch.testing.assert_close(NextTokenLoss(model)(tokens[:, :-1], tokens[:, 1:], reduction="sum"),
+        torch.testing.assert_close(model(tokens[:, :-1], tokens[:, 1:], reduction="sum"),
                                    plain * 16)

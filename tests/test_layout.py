@@ -1,5 +1,6 @@
 """The package's rooms, as README.md's "How it is built" draws them: imports run one way, in no circle,
-and the code keeps the project's own style (ruff, lines of at most 110 characters)."""
+at most 12 modules at the top, no two modules of one name, and the code keeps the project's own style
+(ruff, lines of at most 110 characters)."""
 
 import ast
 import shutil
@@ -10,7 +11,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "gptdist"
-BASE = {"__init__", "errors", "arguments", "config", "distributed", "download", "fs", "replace", "tokenizer"}
+BASE = {"__init__", "errors", "arguments", "config", "distributed", "tokenizer", "files"}
 COMMANDS = {"prepare", "train", "generate", "evaluate", "export", "bench"}
 # The rooms each room may import (its own included).
 MAY_IMPORT = {
@@ -65,6 +66,17 @@ def test_every_room_imports_only_the_rooms_below_it():
              for module, targets in imports().items() for target in targets
              if room(target) not in MAY_IMPORT[room(module)]]
     assert not wrong, wrong
+
+
+def test_at_most_twelve_modules_at_the_top_and_no_two_of_one_name():
+    top = sorted(path.stem for path in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, top
+    names: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*"):
+        module = path.suffix == ".py" and path.stem != "__init__"
+        if path.name != "__pycache__" and (path.is_dir() or module):  # a package is a module too
+            names.setdefault(path.stem, []).append(str(path.relative_to(REPO)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
 
 
 def test_no_modules_import_each_other_in_a_circle():

@@ -62,7 +62,7 @@ def test_bench_train_reports_speed_mfu_and_startup(verdict_data):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="a Linux /proc")
 def test_the_host_peak_starts_again_from_now_when_reset():
     from gptdist.observe.memory import peak_host_bytes, reset_peak_host, resident_host_bytes
-    from gptdist.training.host_memory import release_freed_memory
+    from gptdist.training.heap import release_freed_memory
     block = torch.ones(2**26)  # 256 MiB, written: resident
     del block
     release_freed_memory()

@@ -45,10 +45,10 @@ def test_compiled_loss_and_gradients_equal_the_eager_reference():
 
 
 def small_trainer(data_dir, out_dir, *overrides):
-    from gptdist.training.trainer import Trainer
+    from gptdist.training.build import build_trainer
 
     args = train_args(data_dir, out_dir, *overrides)
-    return Trainer(config.load(args[1], args[2:]), SOLO)
+    return build_trainer(config.load(args[1], args[2:]), SOLO)
 
 
 def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data):
@@ -69,7 +69,6 @@ def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data):
 
 def test_padded_evaluation_batch_gives_the_exact_loss(tmp_path, verdict_data):
     from gptdist.evaluation import perplexity
-    from gptdist.model.loss import NextTokenLoss
 
     trainer = small_trainer(verdict_data, tmp_path / "run")
     model = trainer.model.eval()
@@ -78,7 +77,7 @@ def test_padded_evaluation_batch_gives_the_exact_loss(tmp_path, verdict_data):
     tokens = windows.batch(perplexity.eval_indices(windows.num_samples, 20))
     with torch.no_grad():
         expected = todays_loss(model, tokens).item()
-    loss = perplexity.evaluate_loss(NextTokenLoss(model), windows, 4, 5, SOLO, trainer.autocast)
+    loss = perplexity.evaluate_loss(model, windows, 4, 5, SOLO, trainer.precision.autocast)
     assert loss == pytest.approx(expected, rel=1e-6)
 
 

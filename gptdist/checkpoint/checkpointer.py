@@ -22,8 +22,7 @@ from typing import Protocol
 import torch.distributed as dist
 
 from .. import distributed
-from ..errors import UserError
-from ..replace import remove_own
+from ..files.replace import remove_own
 from . import sharded, store
 from .snapshot import HostSnapshot
 
@@ -143,14 +142,7 @@ class Checkpointer:
     def wait(self) -> Saved | None:
         """Every rank: wait for the write in flight; if it failed, every rank stops (the failing one with its
         error)."""
-        finished, failure = None, None
-        if self.in_flight is not None:
-            try:
-                finished = self._finish()
-            except UserError as err:
-                failure = err
-        distributed.raise_together(failure, self.ctx)
-        return finished
+        return distributed.stop_together(self._finish, self.ctx, runs_here=self.in_flight is not None)
 
     def _finish(self) -> Saved:
         write, saved = self.in_flight

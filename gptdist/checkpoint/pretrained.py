@@ -84,31 +84,35 @@ def _source(spec: str, ctx: distributed.Dist) -> Weights:
     """
     size = gpt2.size_of(spec)
     if size:
-        failure = None
-        if ctx.local_rank == 0:
-            try:
-                gpt2.download_gpt2(size)
-            except UserError as err:
-                failure = UserError(f"model.init_from {spec}: {err}")
-        distributed.raise_together(failure, ctx)
+        distributed.stop_together(lambda: _named(spec, gpt2.download_gpt2, size), ctx, ctx.local_rank == 0)
     return _read_source(spec)
 
 
-def _read_source(spec: str) -> Weights:
-    """The source of _source, read by this rank (a GPT-2 size downloaded if it is not cached)."""
+def _named(spec: str, read, *args):
+    """read(*args), its failure one line naming model.init_from."""
     try:
-        if is_gpt2(spec):
-            return from_gpt2(spec)
-        if not Path(spec).exists():
-            raise UserError(f"neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an existing folder or "
-                            "checkpoint")
-        if Path(spec).is_dir() and not sharded.is_sharded(Path(spec)) and not any(
-                store.checkpoint_paths(folder) for folder in (Path(spec), Path(spec) / "checkpoints")):
-            raise UserError("a folder that holds no model: no gptdist checkpoint, no OpenAI hparams.json, "
-                            f"no Hugging Face {hf.CONFIG} with {hf.WEIGHTS}")
-        return from_checkpoint(spec)
+        return read(*args)
     except UserError as err:
         raise UserError(f"model.init_from {spec}: {err}") from None
+
+
+def _read_source(spec: str) -> Weights:
+    """The source of _source, read by this rank (a GPT-2 size downloaded if it is not cached); a failure
+    is one line naming model.init_from."""
+    return _named(spec, _weights_of, spec)
+
+
+def _weights_of(spec: str) -> Weights:
+    if is_gpt2(spec):
+        return from_gpt2(spec)
+    if not Path(spec).exists():
+        raise UserError(f"neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor an existing folder or "
+                        "checkpoint")
+    if Path(spec).is_dir() and not sharded.is_sharded(Path(spec)) and not any(
+            store.checkpoint_paths(folder) for folder in (Path(spec), Path(spec) / "checkpoints")):
+        raise UserError("a folder that holds no model: no gptdist checkpoint, no OpenAI hparams.json, "
+                        f"no Hugging Face {hf.CONFIG} with {hf.WEIGHTS}")
+    return from_checkpoint(spec)
 
 
 def init_from(run: ModelConfig, ctx: distributed.Dist) -> Weights:
@@ -121,13 +125,7 @@ def init_from_rank0(run: ModelConfig, ctx: distributed.Dist) -> tuple[ModelConfi
     """model.init_from read by rank 0 alone (under fsdp, where the others take their shards from it):
     the run's model with the source's architecture on every rank, the weights on rank 0 (None on the
     others); a failure stops every rank, rank 0 saying why."""
-    source, weights, failure = None, None, None
-    if ctx.is_main:
-        try:
-            source, weights = _read_source(run.init_from)
-        except UserError as err:
-            failure = err
-    distributed.raise_together(failure, ctx)
+    source, weights = distributed.on_rank0(lambda: _read_source(run.init_from), ctx) or (None, None)
     return continued(run, distributed.broadcast_object(source)), weights
 
 
@@ -174,14 +172,7 @@ def fitted(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> dict
 
 def fitted_on_rank0(model: GPTModel, state: dict | None, source: str, ctx: distributed.Dist) -> dict | None:
     """`fitted` where rank 0 alone holds the weights (init_from_rank0): a misfit stops every rank."""
-    failure = None
-    try:
-        if ctx.is_main:
-            state = fitted(model, state, source)
-    except UserError as err:
-        failure = err
-    distributed.raise_together(failure, ctx)
-    return state
+    return distributed.on_rank0(lambda: fitted(model, state, source), ctx)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

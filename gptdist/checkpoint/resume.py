@@ -68,13 +68,7 @@ def resume_payload(mode: str, folder: Path, optimizer: str, ctx: distributed.Dis
     access to it. They receive its small states here; a file's model and optimizer reach them
     as they load (`Checkpointer.restore`), a sharded folder's shards they read themselves.
     """
-    payload, failure = None, None
-    if ctx.is_main:
-        try:
-            payload = _read_newest(mode, folder, optimizer)
-        except UserError as err:
-            failure = err
-    distributed.raise_together(failure, ctx)
+    payload = distributed.on_rank0(lambda: _read_newest(mode, folder, optimizer), ctx)
     small = None if payload is None else {k: v for k, v in payload.items() if k not in sharded.SHARDED_STATES}
     small = distributed.broadcast_object(small)
     return payload if ctx.is_main else small

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 
 from ..errors import UserError
-from ..fs import fsync_path, sha256_of
+from ..files.durable import fsync_path, sha256_of
 from .names import OLD_NAMES, renamed
 
 CHECKSUMS = "checksums.json"
@@ -52,6 +51,8 @@ def write(shards: dict, small: dict, path: Path, tmp: Path, group, save_small) -
     (written by `save_small(payload, file)`) into the folder `tmp`, renamed to `path` when complete.
     A killed run's `tmp` is removed when the next run starts (Checkpointer), a failed write's by the
     caller."""
+    import torch.distributed.checkpoint as dcp  # here: its import takes seconds, and most runs never shard
+
     rank = dist.get_rank(group)
     dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True), process_group=group)
     written = {p.name: sha256_of(p) for p in tmp.glob(f"__{rank}_*.distcp")}
@@ -87,6 +88,8 @@ def verify(path: Path) -> None:
 def _load_renamed(targets: dict, path: Path, **options) -> dict:
     """dcp.load into `targets`' tensors (in place), each found under the name the folder gives it: an
     older format's (names.py) where the folder's index has those. Returns the loaded states."""
+    import torch.distributed.checkpoint as dcp
+
     saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     older = any(old in key for key in saved for old in OLD_NAMES)
     loaded = renamed(targets, {today: old for old, today in OLD_NAMES.items()}) if older else targets

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.api import CheckpointException
 
 from .. import distributed
 from ..errors import UserError
-from ..fs import fsync_path
-from ..replace import Kind, remove_own
+from ..files.durable import fsync_path
+from ..files.replace import Kind, remove_own
 from . import sharded
 from .names import OLD_NAMES, renamed
 
@@ -242,6 +241,8 @@ def write(payload: dict, path: Path, keep: int) -> tuple[int, float]:
 
 def write_sharded(shards: dict, small: dict, path: Path, keep: int, group) -> tuple[int, float]:
     """Every rank: its shards into the folder `path`; rank 0 also the small states, then prunes."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     start = time.perf_counter()
     tmp = temporary(path)
     try:

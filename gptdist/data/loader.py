@@ -5,6 +5,8 @@ The global batch (sequences per optimizer step) is fixed for the whole run; on a
 size after a resume, gradient accumulation adapts to keep it.
 """
 
+import time
+
 import torch
 
 from ..distributed import Dist
@@ -28,9 +30,16 @@ class StepLoader:
         self.grad_accum = global_batch // (micro_batch * ctx.world_size)
         self.sampler = DistributedStepSampler(windows.num_samples, global_batch, ctx.rank, ctx.world_size,
                                               seed)
+        self.seconds = 0.0  # spent in `next`: the data's share of a step (benchmarks read it)
 
     def next(self) -> list[torch.Tensor]:
         """This rank's micro-batches for the next optimizer step: all the data loading of a step."""
+        started = time.perf_counter()
+        batches = self._read()
+        self.seconds += time.perf_counter() - started
+        return batches
+
+    def _read(self) -> list[torch.Tensor]:
         if self.sampler.epoch_done():
             self.sampler.set_epoch(self.sampler.epoch + 1)
         indices = self.sampler.next_step()

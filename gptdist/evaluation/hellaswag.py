@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..download import cache_dir, download
 from ..errors import UserError
-from ..model.loss import IGNORE_INDEX, next_token_loss
+from ..files.download import cache_dir, download
+from ..model.loss import IGNORE_INDEX
 from ..tokenizer import encode
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -130,8 +130,7 @@ def score(model: torch.nn.Module, items: list[Item], ctx: distributed.Dist, auto
         chunk = mine[b * per_batch : (b + 1) * per_batch]
         tokens, targets = (t.to(ctx.device) for t in batch_rows(chunk or items[:1], model.cfg.context_length))
         with autocast:
-            logits = model(tokens)
-        losses = next_token_loss(logits, targets, reduction="none").view(targets.shape).double()
+            losses = model(tokens, targets, reduction="none").view(targets.shape).double()
         ending_losses = losses.sum(1).view(-1, ENDINGS)  # minus the summed log-probabilities
         mean_losses = ending_losses / (targets != IGNORE_INDEX).sum(1).view(-1, ENDINGS)
         if chunk:

@@ -35,8 +35,8 @@ def evaluate_loss(loss_module: nn.Module, windows: TokenWindows, batches: int, m
                   ctx: distributed.Dist, autocast) -> float:
     """Mean next-token loss over `batches` batches per rank, the ranks' shares summed exactly.
 
-    `loss_module` is called as (inputs, targets, reduction="sum"): a NextTokenLoss, or the
-    compiled and wrapped one that training runs.
+    `loss_module` is called as (inputs, targets, reduction="sum"): a GPTModel, or the model as
+    training compiled and wrapped it.
     """
     was_training = loss_module.training
     loss_module.eval()

@@ -1,4 +1,5 @@
-"""The GPT-2 model of the book's chapter 4, read top-down: norm -> rotary -> attention -> MLP -> block -> GPT.
+"""The GPT-2 model of the book's chapter 4, read top-down: norm -> rotary -> attention -> MLP -> block ->
+logit head -> GPT.
 
 Parameter names follow the book (tok_emb, pos_emb, trf_blocks.N.att, .ff, .norm1,
 .norm2, final_norm, out_head), except that the query/key/value projections are one
@@ -22,6 +23,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from . import capped_loss
+from .loss import IGNORE_INDEX, next_token_loss
 
 STD = 0.02  # GPT-2's init of every weight matrix
 
@@ -145,35 +148,71 @@ class TransformerBlock(nn.Module):
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
+def padded_vocabulary(cfg: ModelConfig) -> int:
+    """model.vocab_size rounded up to a multiple of model.vocab_multiple (50,257 -> 50,304)."""
+    return math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
+
+
+class LogitHead(nn.Linear):
+    """The last linear layer, to vocabulary logits, and all that happens to them: the padded rows kept out,
+    the soft-cap, and the next-token loss.
+
+    Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs. The padded logits get a
+    fixed -inf bias (added inside the matmul, so it costs nothing) or are sliced off
+    (model.vocab_padding): softmax, loss and sampling then see exactly the vocab_size real tokens, as
+    GPT-2 does. Under a soft-cap they are always sliced off: the cap would turn -inf into -cap.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.emb_dim, padded_vocabulary(cfg), bias=False)
+        self.vocab_size, self.cap = cfg.vocab_size, cfg.logit_softcap
+        self.masked = self.out_features > cfg.vocab_size and cfg.vocab_padding == "bias" and self.cap is None
+        self.register_buffer("padding_bias", self._padding_bias(), persistent=False)
+
+    def _padding_bias(self) -> torch.Tensor:
+        padding_bias = torch.zeros(self.out_features)
+        padding_bias[self.vocab_size :] = float("-inf")
+        return padding_bias
+
+    def reset_buffers(self) -> None:
+        self.padding_bias.copy_(self._padding_bias())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: (..., padded vocabulary) with -inf in the padding under a bias, else (..., vocab_size),
+        capped as cap * tanh(logits / cap) under model.logit_softcap."""
+        if self.masked:
+            return F.linear(x, self.weight, self.padding_bias.to(x.dtype))
+        logits = F.linear(x, self.weight)[..., : self.vocab_size]
+        return logits if self.cap is None else self.cap * torch.tanh(logits / self.cap)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+        """The next-token cross-entropy of `x`'s logits, in fp32. Eager on a CPU a soft-capped loss is fused
+        by blocks of rows (capped_loss.py); elsewhere the plain expression, which a compiled step fuses."""
+        if self.cap is not None and capped_loss.fused_applies(x):
+            raw = F.linear(x, self.weight)  # padded and uncapped: the fused loss slices and caps them itself
+            return capped_loss.capped_cross_entropy(raw, targets, self.cap, self.vocab_size, IGNORE_INDEX,
+                                                    reduction)
+        return next_token_loss(self(x), targets, reduction)
+
+
 class GPTModel(nn.Module):
-    """Token (+ learned position) embeddings, n_layers blocks, final norm, linear head to vocabulary
-    logits (soft-capped with model.logit_softcap)."""
+    """Token (+ learned position) embeddings, n_layers blocks, final norm, the logit head."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.emb_dim % cfg.n_heads:
             raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
         self.cfg = cfg
-        # Rows padded to a multiple of 64 make the head's matmul tile evenly on GPUs. The padded
-        # logits get a fixed -inf bias (added inside the matmul, so it costs nothing) or are sliced
-        # off (model.vocab_padding): softmax, loss and sampling then see exactly the vocab_size
-        # real tokens, as GPT-2 does.
-        self.padded_vocab = math.ceil(cfg.vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
-        self.register_buffer("padding_bias", self._padding_bias(), persistent=False)
+        self.padded_vocab = padded_vocabulary(cfg)  # the embedding's rows, as the head's
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.positions == "learned" else None
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = make_norm(cfg)
-        self.out_head = nn.Linear(cfg.emb_dim, self.padded_vocab, bias=False)
+        self.out_head = LogitHead(cfg)
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-
-    def _padding_bias(self) -> torch.Tensor:
-        padding_bias = torch.zeros(self.padded_vocab)
-        padding_bias[self.cfg.vocab_size :] = float("-inf")
-        return padding_bias
 
     def reset_parameters(self) -> None:
         """model.init "gpt2": GPT-2's N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers).
@@ -214,14 +253,15 @@ class GPTModel(nn.Module):
     def reset_buffers(self) -> None:
         """The buffers the config determines (the padding's bias, the rotary tables), computed again:
         for a model made on the meta device."""
-        self.padding_bias.copy_(self._padding_bias())
         for module in self.modules():
-            if isinstance(module, Rotary):
+            if isinstance(module, (Rotary, LogitHead)):
                 module.reset_buffers()
 
-    def forward(self, idx: torch.Tensor, apply_cap: bool = True) -> torch.Tensor:
-        """Logits (batch, tokens, vocabulary). apply_cap=False under a logit soft-cap: the head's own
-        logits, padded vocabulary included, for a loss that caps them itself (model/capped_loss.py)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """The logits of every position (batch, tokens, vocabulary: LogitHead); given `targets`, the
+        next-token loss instead ("mean", "sum", or "none": one per position). What training and evaluation
+        compile and wrap is this forward with targets: the loss in the model's graph."""
         tokens = idx.shape[1]
         if tokens > self.cfg.context_length:
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length "
@@ -230,16 +270,7 @@ class GPTModel(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(tokens, device=idx.device))
         x = self.final_norm(self.trf_blocks(self.drop_emb(x)))
-        cap = self.cfg.logit_softcap
-        padded = self.padded_vocab > self.cfg.vocab_size
-        if padded and self.cfg.vocab_padding == "bias" and cap is None:
-            return F.linear(x, self.out_head.weight, self.padding_bias.to(x.dtype))
-        logits = self.out_head(x)
-        if cap is not None and not apply_cap:
-            return logits
-        if padded:  # sliced off: under a cap, a -inf bias would become -cap
-            logits = logits[..., : self.cfg.vocab_size]
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return self.out_head(x) if targets is None else self.out_head.loss(x, targets, reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied matrix counts once

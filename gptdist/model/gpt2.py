@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .. import config
-from ..download import cache_dir, download
 from ..errors import UserError
+from ..files.download import cache_dir, download
 
 SIZES = ("124M", "355M", "774M", "1558M")
 FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",

@@ -6,7 +6,7 @@ result's `loss`, enters `grad_sync` around each micro-step's backward and clips 
 `clip_grad_norm`, the same for every kind of parallelism. Order matters: FP8 layers and the
 activation-checkpointing wrappers replace modules, so they come first.
 
-- ddp: DDP wraps the loss module (model and loss together) and torch.compile wraps DDP, so
+- ddp: DDP wraps the model (whose forward with targets is the loss) and torch.compile wraps DDP, so
   that dynamo's DDP support splits the compiled backward at the gradient buckets and each
   bucket's all-reduce overlaps the rest of the backward.
 - fsdp: `fully_shard` on every block and on the root, as torchtitan does; each block is
@@ -30,9 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import TrainConfig
 from ..distributed import Dist
 from ..errors import UserError
-from ..model.loss import NextTokenLoss
 from . import float8
-from .host_memory import release_freed_memory
+from .heap import release_freed_memory
 
 
 @dataclass
@@ -72,14 +71,14 @@ class TrainingModel:
             loss.backward()
         self.model.zero_grad(set_to_none=True)
         self.ddp.reducer._rebuild_buckets()
-        # on a CPU the heap keeps freed blocks (host_memory.py): the new buckets, cut from those the
+        # on a CPU the heap keeps freed blocks (heap.py): the new buckets, cut from those the
         # activations left, would leave holes too small for the first step's, which would then grow
         # the heap by all of them
         release_freed_memory()
 
-    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """Scale the gradients to a global norm of at most `max_norm`; returns the norm before (on the
-        device).
+    def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor:
+        """Scale the gradients to a global norm of at most `max_norm` (None: leave them); returns the norm
+        before (on the device).
 
         Under fsdp every rank holds a shard of each gradient: the shards' norms are combined
         (`full_tensor`, one all-reduce) so that every rank clips by the norm of the whole gradient.
@@ -88,7 +87,8 @@ class TrainingModel:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
 
@@ -124,7 +124,7 @@ def _checkpoint_blocks(model: nn.Module) -> None:
 
 
 def _data_parallel(model: nn.Module, cfg: TrainConfig, ctx: Dist) -> TrainingModel:
-    loss: nn.Module = NextTokenLoss(model)
+    loss: nn.Module = model
     ddp = None
     if ctx.enabled and ctx.world_size > 1:  # alone (torchrun with one process) there is nothing to reduce
         # Gradients as views into the all-reduce buckets: no copy in and out of them.
@@ -135,7 +135,7 @@ def _data_parallel(model: nn.Module, cfg: TrainConfig, ctx: Dist) -> TrainingMod
     if cfg.compile:
         if ddp is not None:  # dynamo drops DDP's profiler range from the graph, as it should, and says so
             logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_not_a_profiler_notice)
-        loss = torch.compile(loss, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        loss = torch.compile(loss, mode=cfg.compile_mode)
     return TrainingModel(loss, model, ddp)
 
 
@@ -150,7 +150,7 @@ def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> Tr
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for block in model.trf_blocks:
         if cfg.compile:
-            block.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+            block.compile(mode=cfg.compile_mode)
         fully_shard(block, mp_policy=policy, reshard_after_forward=cfg.fsdp_reshard_after_forward)
     # The root holds the rest: embeddings, final norm and head (one matrix when tied). It is
     # not resharded after the forward: the backward starts with the head, which needs it at once.
@@ -158,7 +158,7 @@ def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> Tr
     # FSDP2 warns that the model returns a view (the head's matmul, reshaped to batch x tokens x
     # vocabulary), which an in-place op could detach from its backward hook; nothing modifies it.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    return TrainingModel(NextTokenLoss(model), model)
+    return TrainingModel(model, model)
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtype) -> TrainingModel:

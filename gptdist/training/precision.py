@@ -2,11 +2,12 @@
 device's process-wide settings."""
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
 from ..config import TrainConfig
-from . import host_memory
+from . import heap
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,4 +44,21 @@ def configure_device(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu" and cfg.reuse_host_memory:
-        host_memory.keep_freed_memory()
+        heap.keep_freed_memory()
+
+
+@dataclass
+class Precision:
+    """train.precision as a run uses it: the dtype its matmuls run in, the autocast context that makes
+    them so, and the gradient scaler (on for fp16 only)."""
+
+    dtype: torch.dtype
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, device: torch.device) -> "Precision":
+        """The run's precision on `device`, whose process-wide settings are made now (configure_device)."""
+        configure_device(cfg, device)
+        dtype = resolve(cfg.precision, device)
+        return cls(dtype, autocast(dtype, device), grad_scaler(dtype, device))

@@ -25,7 +25,7 @@ from .. import config, distributed
 from ..config import Config
 from ..distributed import print0
 from ..errors import UserError
-from ..replace import check_apart
+from ..files.replace import check_apart
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints")  # what a run writes in run.out_dir
@@ -119,13 +119,7 @@ def release(file) -> None:
 @contextlib.contextmanager
 def owning(out_dir: str | Path, ctx: distributed.Dist):
     """Hold run.out_dir for the duration (rank 0 locks; every rank stops if it cannot)."""
-    file, failure = None, None
-    if ctx.is_main:
-        try:
-            file = acquire(Path(out_dir))
-        except UserError as err:
-            failure = err
-    distributed.raise_together(failure, ctx)
+    file = distributed.on_rank0(lambda: acquire(Path(out_dir)), ctx)
     try:
         yield
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import config
 from ..tokenizer import gpt2_encoding
 from . import corpus, shards
-from .prepare import PrepareOptions, prepare
+from .preparation import PrepareOptions, prepare
 from .sampler import DistributedStepSampler
 from .windows import TokenWindows
 
@@ -16,8 +16,7 @@ def bench_data(args) -> dict:
     """Samples per second from the shards alone: sampler + memmap windows, no model."""
     cfg = config.load(args.config, args.overrides)
     manifest = shards.read_manifest(cfg.data.dir)
-    windows = TokenWindows(manifest, "train", cfg.model.context_length,
-                           cfg.data.stride or cfg.model.context_length)
+    windows = TokenWindows(manifest, "train", cfg.model.context_length, cfg.data.stride)
     batch = cfg.train.micro_batch_size
     sampler = DistributedStepSampler(windows.num_samples, batch, 0, 1, cfg.run.seed)
     samples, start = 0, time.perf_counter()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import UserError
-from .fs import CHUNK, sha256_of
+from ..errors import UserError
+from .durable import CHUNK, sha256_of
 
 
 def cache_dir() -> Path:

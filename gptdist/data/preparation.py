@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import UserError
-from ..replace import Kind, check_apart, clean_stale_temporaries, replace_folder
+from ..files.replace import Kind, check_apart, clean_stale_temporaries, replace_folder
 from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
 from . import corpus, shards
 

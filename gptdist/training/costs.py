@@ -28,9 +28,9 @@ from ..observe.memory import (
 )
 from ..observe.throughput import synchronize
 from . import precision
-from .host_memory import release_freed_memory
+from .build import build_trainer
+from .heap import release_freed_memory
 from .stopping import StopRequest
-from .trainer import Trainer
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -61,7 +61,7 @@ def bench_trainer(args, max_steps: int | None = None):
     cfg.run.out_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="gptdist-bench-") if ctx.is_main
                                                    else None)
     try:
-        trainer = Trainer(cfg, ctx)
+        trainer = build_trainer(cfg, ctx)
         yield trainer
         trainer.close()
     finally:
@@ -85,7 +85,7 @@ def bench_train(args) -> dict:
                 distributed.barrier()
                 if ctx.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(ctx.device)
-                trainer.data_seconds = stop_seconds = 0.0
+                trainer.loader.seconds = stop_seconds = 0.0
                 start = time.perf_counter()
             loss, _ = trainer.step()
             stop_start = time.perf_counter()
@@ -110,14 +110,14 @@ def bench_train(args) -> dict:
             "benchmark": "train", "config": args.config, "overrides": args.overrides,
             "device": str(ctx.device),
             "gpu": device_name(ctx.device), "torch": torch.__version__,
-            "world_size": ctx.world_size, "precision": precision.name(trainer.dtype),
+            "world_size": ctx.world_size, "precision": precision.name(trainer.precision.dtype),
             "compile": cfg.train.compile, "parameters": trainer.model.num_params(),
             "micro_batch_size": cfg.train.micro_batch_size, "grad_accum_steps": trainer.loader.grad_accum,
             "tokens_per_step": tokens_per_step, "steps": args.steps, "ms_per_step": 1000 * step_seconds,
             "tokens_per_sec": tokens_per_step / step_seconds,
             "tokens_per_sec_per_process": tokens_per_step / step_seconds / ctx.world_size,
-            "data_ms_per_step": 1000 * trainer.data_seconds / args.steps,
-            "data_share": trainer.data_seconds / args.steps / step_seconds,
+            "data_ms_per_step": 1000 * trainer.loader.seconds / args.steps,
+            "data_share": trainer.loader.seconds / args.steps / step_seconds,
             "stop_check_ms_per_step": 1000 * stop_seconds / args.steps,
             "peak_memory_mb": peak_mb, "flops_per_token": clock.flops_per_token,
             "peak_flops": peak, "peak_source": peak_source, "mfu": achieved / peak, "final_loss": loss,
@@ -212,7 +212,7 @@ def _startup_peak_added(cfg: config.Config, ctx: distributed.Dist, resume: str, 
     release_freed_memory()  # else the new one reuses what earlier work freed, and seems to add less
     before = resident_host_bytes()
     reset_peak_host()
-    trainer = Trainer(cfg, ctx)
+    trainer = build_trainer(cfg, ctx)
     trainer.ready_to_step()
     for _ in range(2):
         trainer.step()
@@ -249,7 +249,7 @@ def bench_memory(args) -> dict:
         for _ in range(2):  # AdamW's moments exist after a step; compilation is done
             trainer.step()
         batch = trainer.loader.next()[0]
-        with SavedForBackward(trainer.model) as saved, trainer.autocast:
+        with SavedForBackward(trainer.model) as saved, trainer.precision.autocast:
             loss = trainer.parallel.loss(batch[:, :-1], batch[:, 1:])
         activations = saved.bytes
         loss.backward()
@@ -270,7 +270,8 @@ def bench_memory(args) -> dict:
         result = {"benchmark": "memory", "config": args.config, "overrides": args.overrides,
                   "device": str(ctx.device), "world_size": ctx.world_size, "parallel": cfg.train.parallel,
                   "activation_checkpointing": cfg.train.activation_checkpointing,
-                  "precision": precision.name(trainer.dtype), "parameters": trainer.model.num_params(),
+                  "precision": precision.name(trainer.precision.dtype),
+                  "parameters": trainer.model.num_params(),
                   "micro_batch_size": cfg.train.micro_batch_size, "context_length": cfg.model.context_length,
                   "parameters_mb": params_b / mib, "gradients_mb": grads_b / mib,
                   "optimizer_mb": optim_b / mib,

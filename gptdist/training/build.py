@@ -1,0 +1,139 @@
+"""A Trainer put together, each part where the next needs it: the run's record and checkpointer, the
+checkpoint to resume from, model.init_from's weights, the data, the model in its precision and parallel
+form, the optimizer and schedule, the states a checkpoint holds, then the resume itself.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import config, distributed
+from ..checkpoint import pretrained
+from ..checkpoint.checkpointer import Checkpointer
+from ..checkpoint.resume import check_architecture, resume_payload
+from ..checkpoint.states import ModelState, OptimizerState, Progress, RNGState
+from ..config import Config
+from ..data import shards
+from ..data.loader import StepLoader
+from ..data.windows import TokenWindows
+from ..distributed import Dist, print0
+from ..model.gpt import GPTModel
+from ..observe.flops import device_peak, flops_per_token
+from ..observe.memory import peak_host_mb
+from ..observe.throughput import Throughput
+from . import optimizer, sharded_init
+from .evaluator import Evaluator
+from .guard import NonFiniteGuard
+from .parallelize import TrainingModel, parallelize
+from .precision import Precision
+from .run_log import RunLog
+from .schedule import WarmupDecaySchedule
+from .trainer import Trainer
+
+
+def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
+    started = time.perf_counter()
+    log = RunLog(cfg, ctx, Path(cfg.run.out_dir))
+    checkpointer = Checkpointer(Path(cfg.run.out_dir) / "checkpoints", cfg.checkpoint.keep, ctx,
+                                background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded,
+                                interval=cfg.checkpoint.interval)
+    resume = resume_payload(cfg.checkpoint.resume, checkpointer.folder, cfg.optim.optimizer, ctx)
+    init_weights = continue_from_source(cfg, ctx, resume)
+    if resume:
+        check_architecture(resume["config"]["model"], cfg.model, resume["path"])
+    verify_start = time.perf_counter()
+    manifest = verified_data(cfg, ctx)
+    startup = {"data_verify_s": round(time.perf_counter() - verify_start, 3)}
+    train_data = TokenWindows(manifest, "train", cfg.model.context_length, cfg.data.stride)
+    val_data = TokenWindows(manifest, "val", cfg.model.context_length, cfg.data.stride)
+    # the global batch is the run's first one, kept on any world size
+    global_batch = (resume["progress"]["global_batch"] if resume
+                    else cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size)
+    loader = StepLoader(train_data, global_batch, cfg.train.micro_batch_size, ctx, cfg.run.seed)
+    total_steps = cfg.train.max_steps or cfg.train.epochs * loader.sampler.steps_per_epoch
+    progress = Progress(global_batch=global_batch)
+    precision = Precision.of(cfg.train, ctx.device)
+    model, parallel = built_model(cfg, ctx, precision, init_weights, from_source=bool(cfg.model.init_from)
+                                  and not resume)
+    # AdamW fused, or Muon with it: either skips a non-finite step on the device
+    steps = optimizer.build(model, cfg.optim)
+    guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
+    schedule = WarmupDecaySchedule(steps, cfg.schedule, cfg.optim.lr, total_steps)
+    torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
+    states = {"model": ModelState(model), "optimizer": OptimizerState(model, steps),
+              "scaler": precision.scaler, "schedule": schedule, "sampler": loader.sampler,
+              "progress": progress, "rng": RNGState(ctx, cfg.run.seed), "tracking": log.tracker}
+    if resume:
+        checkpointer.restore(resume, states)
+    evaluator = Evaluator(cfg, ctx, parallel.loss, model, precision.autocast, train_data, val_data)
+    peak = device_peak(ctx.device, precision.dtype)  # for MFU: a table on GPUs, measured now on a CPU
+    throughput = Throughput(global_batch * cfg.model.context_length, flops_per_token(model), peak,
+                            ctx.world_size, total_steps)
+    startup["setup_s"] = round(time.perf_counter() - started, 3)
+    # every rank's host memory at its peak so far: the model built (or its shards), a resume's reading
+    startup["host_peak_mb"] = distributed.all_gather_objects(peak_host_mb())
+    return Trainer(cfg=cfg, ctx=ctx, log=log, checkpointer=checkpointer, train_data=train_data,
+                   val_data=val_data, loader=loader, total_steps=total_steps, progress=progress, model=model,
+                   precision=precision, parallel=parallel, optimizer=steps, schedule=schedule, guard=guard,
+                   states=states, evaluator=evaluator, throughput=throughput,
+                   resumed_from=resume["path"] if resume else None, startup=startup)
+
+
+def continue_from_source(cfg: Config, ctx: Dist, resume: dict | None) -> dict | None:
+    """model.init_from (continued pretraining): the run's architecture becomes the source's. Starting
+    afresh, returns the source's weights (under fsdp rank 0 alone reads them: None on the others); at
+    a resume the architecture is the one the checkpoint recorded, and the source is not read again."""
+    if not cfg.model.init_from:
+        return None
+    if resume:
+        recorded = config.build({"model": resume["config"]["model"]}).model
+        cfg.model = pretrained.continued(cfg.model, recorded)
+        return None
+    if cfg.train.parallel == "fsdp":  # rank 0 reads it; the others take their shards from it
+        cfg.model, weights = pretrained.init_from_rank0(cfg.model, ctx)
+        return weights
+    cfg.model, weights = pretrained.init_from(cfg.model, ctx)
+    return weights
+
+
+def verified_data(cfg: Config, ctx: Dist) -> shards.Manifest:
+    """data.dir's manifest, its vocabulary the model's, its shards verified (data.verify): never train on
+    altered data. One read per node: the other ranks wait."""
+    manifest = shards.read_manifest(cfg.data.dir)
+    source = f" (from model.init_from {cfg.model.init_from})" if cfg.model.init_from else ""
+    manifest.check_vocabulary(cfg.model.vocab_size, f"model.vocab_size{source}")
+    if cfg.data.verify:
+        if ctx.local_rank == 0:
+            shards.verify(cfg.data.dir)
+        distributed.barrier()
+    return manifest
+
+
+def built_model(cfg: Config, ctx: Dist, precision: Precision, init_weights: dict | None,
+                from_source: bool) -> tuple[torch.nn.Module, TrainingModel]:
+    """The model, initialised or loaded from model.init_from (`from_source`: its weights on every rank, or
+    under fsdp on rank 0 alone), in its parallel form; the optimizer is built from it afterwards."""
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    # under fsdp no rank holds the whole model: made on the meta device, given values once sharded
+    on_meta = cfg.train.parallel == "fsdp"
+    source = f"model.init_from {cfg.model.init_from}"
+    if on_meta:
+        model, init_steps = sharded_init.meta_model(cfg.model)
+        if from_source:
+            init_weights = pretrained.fitted_on_rank0(model, init_weights, source, ctx)
+    else:
+        model = GPTModel(cfg.model)
+        if init_weights is not None:
+            pretrained.load_weights(model, init_weights, source)
+        model.to(ctx.device)
+    if from_source:
+        print0(f"initialised from the weights of {cfg.model.init_from}")
+    # FP8 layers, activation checkpointing, torch.compile, DDP or FSDP: the optimizer comes after,
+    # since fully_shard replaces the parameters with their shards.
+    parallel = parallelize(model, cfg.train, ctx, precision.dtype)
+    if on_meta and from_source:
+        sharded_init.load_from_rank0(model, init_weights, ctx.device)
+    elif on_meta:
+        sharded_init.materialise(model, init_steps, ctx.device)
+    return model, parallel
