@@ -279,20 +279,20 @@ def forked_pid(process: subprocess.Popen) -> int:
 
 
 def wait_for_exit(pids: list[int], timeout: float = 30) -> None:
-    """Wait until processes that are not our children have exited (a zombie has: its files are closed),
-    and with a launcher the process forked for it."""
+    """Wait until processes that are not our children have ended, with a launcher the process forked for
+    it: every thread gone, the main one a zombie at most (only then are its files, and its locks, closed)."""
     deadline = time.time() + timeout
     forked = [LAUNCHERS / "pids" / str(pid) for pid in pids]
     for pid in [*pids, *(int(path.read_text()) for path in forked if path.exists())]:
-        stat = Path(f"/proc/{pid}/stat")
         while True:
             try:
-                if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                if zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1:
                     break
             except OSError:
                 break
             assert time.time() < deadline, f"process {pid} is still running"
-            time.sleep(0.05)
+            time.sleep(0.01)
 
 
 def free_port() -> int:

@@ -219,10 +219,11 @@ def finished_run(tmp_path_factory, verdict_data):
 
 
 def snapshot(root):
-    """Every file under `root` by its size, modification time and inode: any write, replacement or removal
-    changes them (the run's checkpoints are tens of MB; reading them for every case would cost minutes)."""
-    return {p: (s.st_size, s.st_mtime_ns, s.st_ino) for p in sorted(root.rglob("*")) if p.is_file()
-            for s in [p.stat()]}
+    """Every file under `root`: a small one by its bytes, a large one (a checkpoint, tens of MB: reading
+    them for every case would cost minutes) by its size, modification time and inode, which any write,
+    replacement or removal changes."""
+    return {p: p.read_bytes() if s.st_size < 2**20 else (s.st_size, s.st_mtime_ns, s.st_ino)
+            for p in sorted(root.rglob("*")) if p.is_file() for s in [p.stat()]}
 
 
 @pytest.mark.parametrize("command, arguments, expected, kind", CASES,

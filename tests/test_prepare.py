@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PYTHON, VERDICT, run_main, run_module
+from conftest import PYTHON, VERDICT, run_main, run_module, wait_for_exit
 
 from gptdist.data import corpus, shards
 from gptdist.errors import UserError
@@ -271,6 +271,7 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for_exit([proc.pid])
     assert not out.exists()
     assert not list(tmp_path.rglob("manifest.json"))
     (stale,) = tmp_path.glob(".out.tmp-*")

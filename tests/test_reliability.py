@@ -93,6 +93,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(
         time.sleep(rng.uniform(0.0, 1.0))  # somewhere in a step, an eval or a save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        wait_for_exit([proc.pid])
         newest = store.checkpoint_paths(folder)[-1]
         payload = store.read(newest)  # the newest checkpoint always loads and verifies
         assert payload["progress"]["step"] == store.step_of(newest)
@@ -164,6 +165,7 @@ def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_
     assert (folder / ".step_00000004.pt.tmp").exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for_exit([proc.pid])
     assert [p.name for p in store.checkpoint_paths(folder)] == ["step_00000002.pt"]
     assert store.read(folder / "step_00000002.pt")["progress"]["step"] == 2
 

@@ -7,10 +7,9 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO, train_args
+from conftest import REPO, run_processes, train_args
 
 pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -106,27 +105,13 @@ def test_failing_training_ends_failed(slurm, tmp_path, verdict_data):
     assert "unknown config key train.no_such_key" in (tmp_path / "job.log").read_text()
 
 
-def processes_of(out, agents: bool) -> list[int]:
-    """The pids of the run's torchrun agents (agents=True), or of its training processes."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ours = f"run.out_dir={out}".encode() in args and b"gptdist.train" in args
-        if ours and (b"--nnodes" in b" ".join(args)) == agents:
-            found.append(int(cmdline.parent.name))
-    return found
-
-
 def kill_a_worker(out, job: str) -> None:
     """SIGKILL one training process of the job once it trains (found by its run.out_dir)."""
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").exists() or '"step": 2,' not in (out / "metrics.jsonl").read_text():
         assert time.time() < deadline and job_info(job).get("JobState") in RUNNING
         time.sleep(0.2)
-    workers = processes_of(out, agents=False)
+    workers = run_processes(out)
     assert workers, "no training process found"
     os.kill(workers[0], signal.SIGKILL)
 
@@ -139,7 +124,7 @@ def kill_an_agent_once_finished(out, job: str) -> None:
     while not outcome.exists():
         assert time.time() < deadline and job_info(job).get("JobState") in RUNNING
         time.sleep(0.005)
-    agents = processes_of(out, agents=True)
+    agents = run_processes(out, agents=True)
     assert agents, "no torchrun agent found"
     os.kill(agents[0], signal.SIGKILL)
 
