@@ -7,17 +7,23 @@
 # 2. STEPS (default 200) training steps with a checkpoint every EVERY (default 20) steps against the
 #    same run with one every 1,000 steps (that is: the final one only), ROUNDS (default 2) pairs, the
 #    order alternating; `overhead` is the ratio of their wall times minus one.
-# Needs data/verdict (python -m gptdist.prepare --dataset verdict --out data/verdict).
+# Needs the config's data (the default's: python -m gptdist.prepare --dataset verdict --out data/verdict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/common.sh
 CFG=${1:-configs/bench-cpu-small.yaml}
+[ -f "$CFG" ] || fail "config $CFG is not a file: give a YAML config (configs/ holds examples)"
 STEPS=${STEPS:-200}
 EVERY=${EVERY:-20}
+for name in STEPS EVERY; do require_count "$name" "${!name}"; done
+require_count PAIRS "${PAIRS:-3}"
+require_count ROUNDS "${ROUNDS:-2}"
 OUT=benchmarks/results-checkpoint.jsonl
-: >"$OUT"
-python -m gptdist.bench checkpoint --config "$CFG" --pairs "${PAIRS:-3}" --interval "$EVERY" 2>/dev/null | grep '^{' | tee -a "$OUT"
+# the config and its data are checked by the first command, before the results are rewritten
+saves=$(python -m gptdist.bench checkpoint --config "$CFG" --pairs "${PAIRS:-3}" --interval "$EVERY" | grep '^{')
+echo "$saves" | tee "$OUT"
 
-TMP=$(mktemp -d)
+TMP=$(own_temporary gptdist-checkpoint)
 trap 'rm -rf "$TMP"' EXIT
 run() {  # seconds of one whole training run with a checkpoint every $1 steps
   rm -rf "$TMP/run"

@@ -27,13 +27,24 @@
 # models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NANOGPT_DIR=${1:?usage: bash benchmarks/gpu.sh NANOGPT_DIR [quick|compare|shipped|modes|model|fp8|checkpoint|fsdp|all ...]}
+source benchmarks/common.sh
+KNOWN="quick compare shipped modes model fp8 checkpoint fsdp"
+[ $# -ge 1 ] || fail "usage: bash benchmarks/gpu.sh NANOGPT_DIR [${KNOWN// /|}|all ...]"
+NANOGPT_DIR=$1
 shift
+require_nanogpt "$NANOGPT_DIR"
 PARTS=${*:-compare shipped}
-[ "$PARTS" = all ] && PARTS="compare shipped modes model fp8 checkpoint fsdp"
+[ "$PARTS" = all ] && PARTS=${KNOWN#quick }
+for part in $PARTS; do
+  [[ " $KNOWN " == *" $part "* ]] || fail "unknown part $part (${KNOWN// /, }, all)"
+done
+for name in CURVE_STEPS CORPUS_MB; do
+  [ -z "${!name:-}" ] || require_count "$name" "${!name}"
+done
 OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
+[ -d "$(dirname "$OUT")" ] || fail "RESULTS $OUT: the folder $(dirname "$OUT") does not exist"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-TMP=$(mktemp -d)
+TMP=$(own_temporary gptdist-gpu)
 trap 'rm -rf "$TMP"' EXIT
 python3 benchmarks/synthetic_shards.py --tokens 50000000 --out "$TMP/tokens"
 SMALL=configs/gutenberg-gpt2-124m.yaml
@@ -107,8 +118,7 @@ for part in $PARTS; do
       for recipe in tensorwise rowwise; do
         record "355M mb16" "gptdist float8=$recipe" gptdist $MEDIUM train.micro_batch_size=16 train.float8=$recipe
       done
-      if python3 -c "from pathlib import Path; from gptdist import tokenizer; from gptdist.data import rates
-tokenizer.gpt2_encoding(); rates.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB:-32})" 2>/dev/null; then
+      if python3 benchmarks/text_corpus.py --megabytes "${CORPUS_MB:-32}" --out "$TMP/text" 2>/dev/null; then
         python3 -m gptdist.prepare --input "$TMP/text" --out "$TMP/corpus" >/dev/null 2>&1
         for recipe in null tensorwise; do
           python3 -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \
@@ -134,7 +144,6 @@ tokenizer.gpt2_encoding(); rates.synthetic_corpus(Path('$TMP/text'), ${CORPUS_MB
         record "gpt2-$size fsdp" "gptdist memory" torchrun --standalone --nproc_per_node=1 -m gptdist.bench memory \
           --config configs/gutenberg-gpt2-$size.yaml data.dir="$TMP/tokens" train.grad_accum_steps=1 "${GPTDIST_EXTRA[@]}"
       done ;;
-    *) echo "unknown part $part (quick, compare, shipped, modes, model, fp8, checkpoint, fsdp, all)" >&2; exit 2 ;;
   esac
 done
-python3 benchmarks/gpu_report.py "$OUT"
+python3 benchmarks/gpu_report.py --results "$OUT"

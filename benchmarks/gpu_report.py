@@ -1,6 +1,6 @@
 """The rows of benchmarks/gpu.sh: tag a run's JSON line, and turn the runs into ratios and a table.
 
-    python benchmarks/gpu_report.py benchmarks/results-gpu.jsonl    ratio rows (rewritten), a markdown table
+    python benchmarks/gpu_report.py --results benchmarks/results-gpu.jsonl   ratio rows (rewritten), a table
     ... | python benchmarks/gpu_report.py --tag SHAPE LABEL           a run's JSON line with shape and label
     ... | python benchmarks/gpu_report.py --error SHAPE LABEL         a failed run's row, from its last output
     python benchmarks/gpu_report.py --curves SHAPE RUN_A RUN_B        the loss curves of two training runs
@@ -13,6 +13,9 @@ torchrun / the best single-process gptdist run of the same model.
 import json
 import sys
 from pathlib import Path
+
+from gptdist.arguments import ArgumentParser, input_path, text
+from gptdist.errors import UserError, cli
 
 KEPT = ("tokens_per_sec", "mfu", "peak_memory_mb", "ms_per_step", "first_step_s", "gpu", "torch")
 
@@ -90,14 +93,32 @@ def report(path: Path) -> None:
                   f"{r['blocking_s']:.2f} s) for {r['bytes'] / 1e9:.2f} GB | | | |")
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if args and args[0] in ("--tag", "--error", "--curves"):
-        {"--tag": tag, "--error": error, "--curves": curves}[args[0]](*args[1:])
-    elif len(args) == 1:
-        report(Path(args[0]))
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="gpu_report.py", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--tag", nargs=2, type=text, metavar=("SHAPE", "LABEL"), help="tag a run's JSON line")
+    mode.add_argument("--error", nargs=2, type=text, metavar=("SHAPE", "LABEL"), help="a failed run's row")
+    mode.add_argument("--curves", nargs=3, type=text, metavar=("SHAPE", "RUN_A", "RUN_B"),
+                      help="the loss curves of two training runs")
+    mode.add_argument("--results", type=input_path, help="a results file: its ratio rows rewritten, a table")
+    return parser
+
+
+@cli("gpu_report.py")
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.curves:
+        shape, *runs = args.curves
+        for run in runs:
+            if not (Path(run) / "metrics.jsonl").is_file():
+                raise UserError(f"--curves: {run} holds no metrics.jsonl; give two training runs' folders")
+        curves(shape, *runs)
+    elif args.results:
+        if not Path(args.results).is_file():
+            raise UserError(f"--results {args.results} is not a file")
+        report(Path(args.results))
     else:
-        sys.exit(__doc__)
+        (tag if args.tag else error)(*(args.tag or args.error))
 
 
 if __name__ == "__main__":

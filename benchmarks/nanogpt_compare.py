@@ -22,37 +22,63 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptdist.arguments import ArgumentParser, input_path, non_negative_int, positive_int
+from gptdist.data import shards
+from gptdist.distributed import pick_device
+from gptdist.errors import UserError, cli
 from gptdist.observe.flops import device_peak
 from gptdist.observe.throughput import synchronize
 from gptdist.training.costs import device_name, peak_memory_mb
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nanogpt-dir", required=True)
-    parser.add_argument("--data", required=True, help="a gptdist prepared folder (its first train shard is "
-                                                      "read)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--n-layer", type=int, default=6)
-    parser.add_argument("--n-head", type=int, default=6)
-    parser.add_argument("--n-embd", type=int, default=384)
-    parser.add_argument("--block-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="nanogpt_compare.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nanogpt-dir", required=True, type=input_path, help="a nanoGPT checkout")
+    parser.add_argument("--data", required=True, type=input_path,
+                        help="a gptdist prepared folder (its first train shard is read)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first")
+    parser.add_argument("--n-layer", type=positive_int, default=6)
+    parser.add_argument("--n-head", type=positive_int, default=6)
+    parser.add_argument("--n-embd", type=positive_int, default=384)
+    parser.add_argument("--block-size", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                         help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU, as train.py)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the model (train.py's default)")
-    parser.add_argument("--log-interval", type=int, default=1, help="read the loss on the host every N steps")
-    args = parser.parse_args()
+    parser.add_argument("--log-interval", type=positive_int, default=1,
+                        help="read the loss on the host every N steps")
+    return parser
+
+
+def checked(args) -> Path:
+    """Everything the run needs, before any work: the checkout, the shape, the data, the device; returns the
+    shard it reads."""
+    if not (Path(args.nanogpt_dir) / "model.py").is_file():
+        raise UserError(f"--nanogpt-dir {args.nanogpt_dir} holds no model.py: give the folder of a nanoGPT "
+                        "checkout")
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
+    shard = shards.read_manifest(args.data).shard_paths("train")[0]
+    if shard.stat().st_size // 2 <= args.block_size:
+        raise UserError(f"--block-size {args.block_size}: the first train shard of {args.data} holds fewer "
+                        "tokens than one window; lower it or give more data")
+    pick_device(args.device, 0, "--device")
+    return shard
+
+
+@cli("nanogpt_compare.py")
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    shard = checked(args)
     sys.path.insert(0, str(Path(args.nanogpt_dir).resolve()))
     from model import GPT, GPTConfig  # nanoGPT's
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.manual_seed(1337)
-    shard = Path(args.data) / "train-00000.bin"
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                        block_size=args.block_size, bias=False, vocab_size=50304, dropout=0.0)
     model = GPT(config).to(device)

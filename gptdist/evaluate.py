@@ -67,19 +67,19 @@ def main(argv=None) -> None:
     ctx = distributed.setup(args.device, "--device")
     try:
         items = hellaswag.load(args.hellaswag_file, args.limit, ctx) if args.task == "hellaswag" else None
+        manifest = shards.read_manifest(args.data) if args.data else None  # before the model is read
         model = pretrained.model_from_arguments(args, ctx.device)
         autocast = precision.autocast(precision.resolve(args.precision, ctx.device), ctx.device)
         if items:
             distributed.print0(json.dumps(hellaswag.score(model, items, ctx, autocast, args.batch_size)))
         else:
-            distributed.print0(json.dumps(evaluate_splits(model, args, ctx, autocast)))
+            distributed.print0(json.dumps(evaluate_splits(model, manifest, args, ctx, autocast)))
     finally:
         distributed.teardown()
 
 
-def evaluate_splits(model, args, ctx: distributed.Dist, autocast) -> dict:
-    """Loss, perplexity and sample count of every --splits split of --data."""
-    manifest = shards.read_manifest(args.data)
+def evaluate_splits(model, manifest: shards.Manifest, args, ctx: distributed.Dist, autocast) -> dict:
+    """Loss, perplexity and sample count of every --splits split of --data (its `manifest`)."""
     manifest.check_vocabulary(model.cfg.vocab_size, "the model's vocabulary")
     context = args.context_length or model.cfg.context_length
     if context > model.cfg.context_length:

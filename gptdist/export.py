@@ -16,7 +16,7 @@ from pathlib import Path
 from .arguments import ArgumentParser, output_path
 from .checkpoint import pretrained
 from .errors import cli
-from .files.replace import Kind, check_apart, replace_folder
+from .files.replace import Kind, check_apart, check_replaceable, clean_stale_temporaries, replace_folder
 from .model import hf
 from .training import precision
 
@@ -44,6 +44,8 @@ def main(argv=None) -> None:
     hf.safetensors_torch()  # without it: one line saying what to install, before any work
     out = Path(args.out)
     check_apart(out, [("--checkpoint", args.checkpoint), ("--gpt2-dir", args.gpt2_dir)], "--out")
+    clean_stale_temporaries(out)
+    check_replaceable(out, EXPORT, args.overwrite)  # before the weights are read
     cfg, state, source = pretrained.weights_from_arguments(args)
     hf.check_exportable(cfg)
     dtype = precision.DTYPES[args.dtype]

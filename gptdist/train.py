@@ -18,6 +18,7 @@ from .arguments import ArgumentParser, input_path
 from .errors import cli
 from .training import runlock
 from .training.build import build_trainer
+from .training.checks import check_before_work
 
 
 def build_parser() -> ArgumentParser:
@@ -55,6 +56,7 @@ def main(argv=None) -> None:
     runlock.check_apart_from_inputs(cfg)
     ctx = distributed.setup(cfg.train.device)
     try:
+        check_before_work(cfg, ctx)
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
             trainer = build_trainer(cfg, ctx)
             try:

@@ -1,10 +1,11 @@
 """The data benchmarks of `python -m gptdist.bench`: the data loader alone, and prepare's throughput."""
 
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 from .. import config
+from ..files.replace import own_temporary_folder
 from ..tokenizer import gpt2_encoding
 from . import corpus, shards
 from .preparation import PrepareOptions, prepare
@@ -46,16 +47,18 @@ def synthetic_corpus(folder: Path, megabytes: int) -> Path:
 
 
 def bench_prepare(args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="gptdist-bench-") as tmp:
-        docs = synthetic_corpus(Path(tmp) / "docs", args.megabytes)
+    encoding = gpt2_encoding()  # offline without its files: one line now, before any work
+    corpus.verdict_path()
+    tmp = own_temporary_folder("gptdist-bench")
+    try:
+        docs = synthetic_corpus(tmp / "docs", args.megabytes)
         texts = [p.read_text() for p in sorted(docs.iterdir())]
-        encoding = gpt2_encoding()
         start = time.perf_counter()
         tokens = sum(len(encoding.encode_ordinary(t)) for t in texts)
         tiktoken_rate = tokens / (time.perf_counter() - start)
         rates = {}
         for workers in sorted({1, args.workers}):
-            out = Path(tmp) / f"out{workers}"
+            out = tmp / f"out{workers}"
             manifest, seconds = prepare(PrepareOptions(out=str(out), input=[str(docs)], workers=workers))
             total = sum(s["tokens"] for s in manifest["splits"].values())
             rates[workers] = total / seconds
@@ -63,3 +66,5 @@ def bench_prepare(args) -> dict:
                 "tokens": total, "tiktoken_single_thread_tokens_per_sec": tiktoken_rate,
                 "tokens_per_sec_by_workers": rates, "one_worker_vs_tiktoken": rates[1] / tiktoken_rate,
                 f"speedup_{args.workers}_workers": rates[args.workers] / rates[1]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,31 @@ def temporary_name(out: Path, role: str) -> Path:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this host: a zombie (ended, not yet reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # it ended just now, or there is no /proc: then kill's answer is all there is
+        return not Path("/proc").is_dir()
+    return state != "Z"
+
+
+def own_temporary_folder(prefix: str) -> Path:
+    """A new folder in the system's temporary folder named for this host and process,
+    `PREFIX-HOST-PID-XXXXXXXX`; the folders of that prefix that processes on this host which no longer run
+    left there (killed before they could remove them) are removed first. The caller removes its own."""
+    root, host = Path(tempfile.gettempdir()), socket.gethostname()
+    stale = re.compile(rf"^{re.escape(prefix)}-{re.escape(host)}-(\d+)-")
+    for entry in root.iterdir():
+        match = stale.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{host}-{os.getpid()}-"))
 
 
 def clean_stale_temporaries(out: Path) -> None:

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import UserError
+from ..config import ModelConfig, check_model_shape
 from . import capped_loss
 from .loss import IGNORE_INDEX, next_token_loss
 
@@ -200,8 +199,7 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.emb_dim % cfg.n_heads:
-            raise UserError(f"model.emb_dim {cfg.emb_dim} is not divisible by model.n_heads {cfg.n_heads}")
+        check_model_shape(cfg)
         self.cfg = cfg
         self.padded_vocab = padded_vocabulary(cfg)  # the embedding's rows, as the head's
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.emb_dim)

@@ -9,7 +9,6 @@ import gc
 import platform
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from .. import config, distributed
 from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.store import checkpoint_paths, size_on_disk
+from ..files.replace import own_temporary_folder
 from ..observe.memory import (
     SavedForBackward,
     peak_host_bytes,
@@ -29,6 +29,7 @@ from ..observe.memory import (
 from ..observe.throughput import synchronize
 from . import precision
 from .build import build_trainer
+from .checks import check_before_work
 from .heap import release_freed_memory
 from .stopping import StopRequest
 
@@ -54,11 +55,17 @@ def bench_trainer(args, max_steps: int | None = None):
     """The Trainer of the config and overrides in `args`, in a temporary run.out_dir (it never
     resumes, never writes into a run), removed afterwards; `max_steps` for the schedule."""
     cfg = config.load(args.config, args.overrides)
+    cfg.checkpoint.resume = "never"
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     ctx = distributed.setup(cfg.train.device)
+    try:
+        check_before_work(cfg, ctx)
+    except BaseException:
+        distributed.teardown()
+        raise
     # one folder for every rank, as a run has: a sharded checkpoint's ranks write into the same one
-    cfg.run.out_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="gptdist-bench-") if ctx.is_main
+    cfg.run.out_dir = distributed.broadcast_object(own_temporary_folder("gptdist-bench") if ctx.is_main
                                                    else None)
     try:
         trainer = build_trainer(cfg, ctx)

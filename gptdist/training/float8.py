@@ -32,7 +32,7 @@ def _quiet(*logger_names: str):
             logger.setLevel(level)
 
 
-def _torchao_float8():
+def require_torchao():
     # torchao's import warns about kernels built for other GPUs, and torch about how torchao registers a type
     with _quiet("torchao", "torch.utils._pytree"):
         try:
@@ -50,7 +50,7 @@ def has_fp8_tensor_cores(device: torch.device) -> bool:
 
 def convert_linears(model: nn.Module, recipe: str, device: torch.device) -> int:
     """Swap the blocks' linear layers for torchao's Float8Linear in place; returns how many."""
-    float8, Float8Linear = _torchao_float8()
+    float8, Float8Linear = require_torchao()
     config = float8.Float8LinearConfig.from_recipe_name(recipe)
     if not has_fp8_tensor_cores(device):
         config = dataclasses.replace(config, emulate=True)

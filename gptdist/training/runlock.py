@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -118,10 +119,21 @@ def release(file) -> None:
 
 @contextlib.contextmanager
 def owning(out_dir: str | Path, ctx: distributed.Dist):
-    """Hold run.out_dir for the duration (rank 0 locks; every rank stops if it cannot)."""
-    file = distributed.on_rank0(lambda: acquire(Path(out_dir)), ctx)
+    """Hold run.out_dir for the duration (rank 0 locks; every rank stops if it cannot). A folder the run
+    made is removed again if the run stops before writing anything but its lock: a run that failed at
+    its start leaves nothing behind."""
+    out_dir = Path(out_dir)
+    made = ctx.is_main and not out_dir.exists()
+    file = distributed.on_rank0(lambda: acquire(out_dir), ctx)
     try:
         yield
+    except BaseException:
+        if file is not None:
+            release(file)
+            file = None
+            if made and [entry.name for entry in out_dir.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(out_dir)
+        raise
     finally:
         if file is not None:
             release(file)
