@@ -22,9 +22,9 @@
 # benchmarks/gpu_report.py adds a ratio row per shape and prints the table. The timing data are
 # 50M random token ids (benchmarks/synthetic_shards.py): no network needed.
 # GPTDIST_ARGS and NANOGPT_ARGS are appended to every gptdist and nanoGPT run, BENCH_STEPS replaces
-# "--steps 30 --warmup 8", CURVE_STEPS the 150 steps of the loss curves, CORPUS_MB the 32 MB of The
-# Verdict's paragraphs they train on: tests/test_benchmarks.py runs the script on a CPU with tiny
-# models this way.
+# "--steps 30 --warmup 8", TOKENS the 50M timing tokens, CURVE_STEPS the 150 steps of the loss curves,
+# CORPUS_MB the 32 MB of The Verdict's paragraphs they train on: tests/test_benchmarks.py runs the
+# script on a CPU with tiny models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/common.sh
@@ -38,7 +38,7 @@ PARTS=${*:-compare shipped}
 for part in $PARTS; do
   [[ " $KNOWN " == *" $part "* ]] || fail "unknown part $part (${KNOWN// /, }, all)"
 done
-for name in CURVE_STEPS CORPUS_MB; do
+for name in TOKENS CURVE_STEPS CORPUS_MB; do
   [ -z "${!name:-}" ] || require_count "$name" "${!name}"
 done
 OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
@@ -46,7 +46,7 @@ OUT=${RESULTS:-benchmarks/results-gpu.jsonl}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 TMP=$(own_temporary gptdist-gpu)
 trap 'rm -rf "$TMP"' EXIT
-python3 benchmarks/synthetic_shards.py --tokens 50000000 --out "$TMP/tokens"
+python3 benchmarks/synthetic_shards.py --tokens "${TOKENS:-50000000}" --out "$TMP/tokens"
 SMALL=configs/gutenberg-gpt2-124m.yaml
 MEDIUM=configs/gutenberg-gpt2-medium.yaml
 MODERN=configs/gutenberg-gpt2-124m-modern.yaml
@@ -123,6 +123,7 @@ for part in $PARTS; do
         for recipe in null tensorwise; do
           python3 -m gptdist.train --config $MEDIUM data.dir="$TMP/corpus" run.out_dir="$TMP/curve-$recipe" \
             train.micro_batch_size=16 train.grad_accum_steps=1 train.max_steps="${CURVE_STEPS:-150}" \
+            eval.at_start=false eval.batches=1 sample.max_new_tokens=1 \
             logging.interval=10 eval.interval=1000 checkpoint.interval=1000 schedule.warmup_steps=20 \
             train.float8=$recipe "${GPTDIST_EXTRA[@]}" >/dev/null 2>&1
         done

