@@ -34,7 +34,7 @@ own_temporary() {
   local root=${TMPDIR:-/tmp} host stale
   host=$(hostname)
   for stale in "$root/$1-$host-"*; do
-    [ -d "$stale" ] && ! alive "${stale##*-}" && rm -rf "$stale"
+    [[ ${stale##*-} =~ ^[0-9]+$ ]] && [ -d "$stale" ] && ! alive "${stale##*-}" && rm -rf "$stale"
   done
   mkdir "$root/$1-$host-$$" && echo "$root/$1-$host-$$"
 }

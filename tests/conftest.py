@@ -4,6 +4,7 @@ run gptdist's commands as real processes (torchrun included), started from a pre
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -106,9 +107,21 @@ def run_module(module: str, *args, env: dict | None = None, cwd=None,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
+def command_module(name: str):
+    """The module of a command: gptdist's by its name (`gptdist.train`), or a benchmark script by its file
+    (`benchmarks/time_to_loss.py`)."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(Path(name).stem, REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_main(module: str, *args) -> subprocess.CompletedProcess:
-    """`python -m module args...` in this process: the command's own main(argv), its output captured and
-    its exit status as the process would have it (a bug raises here instead of printing a traceback).
+    """`python -m module args...` (or `python SCRIPT args...`) in this process: the command's own
+    main(argv), its output captured and its exit status as the process would have it (a bug raises here
+    instead of printing a traceback).
 
     Without a process of its own to start, a command costs what it does, not the seconds of importing
     torch again: for every test that needs no torchrun, no signal, no kill and no environment of its own.
@@ -117,7 +130,7 @@ def run_main(module: str, *args) -> subprocess.CompletedProcess:
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}  # training's own
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            importlib.import_module(module).main([str(arg) for arg in args])
+            command_module(module).main([str(arg) for arg in args])
         status = 0
     except SystemExit as exit:
         status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)

@@ -11,14 +11,17 @@ follow by hand.
 
 import argparse
 import dataclasses
+import os
 import shutil
+import subprocess
 import types
 import typing
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_main, run_module, train_args
+from conftest import REPO, command_module, run_main, run_module, train_args
 
 from gptdist import bench, config, evaluate, export, generate, prepare, train
 from gptdist.arguments import INPUT, Number, PathArgument, Text
@@ -27,6 +30,10 @@ from gptdist.errors import UserError
 CONFIG = REPO / "configs" / "verdict-tiny.yaml"
 TRAIN, GENERATE, EVALUATE = "gptdist.train", "gptdist.generate", "gptdist.evaluate"
 BENCH, PREPARE, EXPORT = "gptdist.bench", "gptdist.prepare", "gptdist.export"
+# the benchmark scripts, each a command as well
+NANOGPT, TIME_TO_LOSS = "benchmarks/nanogpt_compare.py", "benchmarks/time_to_loss.py"
+SYNTHETIC, TEXT = "benchmarks/synthetic_shards.py", "benchmarks/text_corpus.py"
+REPORT = "benchmarks/gpu_report.py"
 
 # {run} is a finished run (checkpoints at steps 1 and 2), {data} its data, {tmp} a folder of other files.
 # A command line of each command that works on them: a flag's case replaces its part of it.
@@ -39,9 +46,16 @@ WORKING = {
     **{f"{BENCH} {what}": [what, "--config", str(CONFIG)]
        for what in ("train", "data", "checkpoint", "memory")},
     f"{BENCH} prepare": ["prepare"],
+    NANOGPT: ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "--steps", "1"],
+    TIME_TO_LOSS: ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "--budget", "1", "--results",
+                   "{tmp}/rows.jsonl", "--plot", "{tmp}/curves.png"],
+    SYNTHETIC: ["--tokens", "100", "--out", "{tmp}/synthetic"],
+    TEXT: ["--megabytes", "1", "--out", "{tmp}/text"],
+    REPORT: ["--results", "{tmp}/rows.jsonl"],
 }
 PARSERS = {TRAIN: train, GENERATE: generate, EVALUATE: evaluate, EXPORT: export, PREPARE: prepare,
-           BENCH: bench}
+           BENCH: bench, **{script: command_module(script) for script in (NANOGPT, TIME_TO_LOSS, SYNTHETIC,
+                                                                          TEXT, REPORT)}}
 
 # A path that leaves its place: an input through a file's `..` (it exists for no reader, whatever a
 # lexical reading says), an output into what the user has.
@@ -166,6 +180,14 @@ def flag_cases():
 HAND = [
     (TRAIN, ["--config", "{tmp}/section.yaml"], "config section train must be a mapping of keys, got 5"),
     (TRAIN, ["--config", "{tmp}"], "is a folder; give a YAML file"),
+    (TRAIN, ["--config", "{run}/checkpoints/step_00000001.pt"], "is not text; give a YAML config"),
+    (TRAIN, ["--config", "{tmp}/list.yaml"], "holds a list, not a mapping of sections"),
+    (TRAIN, ["model.positions=rotary", "model.emb_dim=30", "model.n_heads=2"], "gives heads of 15, an odd"),
+    (TRAIN, ["train.float8=tensorwise", "model.emb_dim=24", "model.n_heads=2"],
+     "train.float8 needs the blocks' linear layers in multiples of 16"),
+    (TRAIN, ["run.out_dir={tmp}/fresh", "model.init_from={tmp}/nowhere"], "model.init_from"),
+    (TRAIN, ["eval.hellaswag_interval=1", "eval.hellaswag_file={tmp}/nowhere.jsonl"], "does not exist"),
+    (TRAIN, ["run.out_dir={tmp}/fresh", "train.micro_batch_size=200"], "larger than the train split"),
     (TRAIN, ["--bogus"], "unrecognized arguments: --bogus"),
     (TRAIN, ["train.device=cuda"], "train.device is cuda but this machine has no CUDA device"),
     (TRAIN, ["train.parallel=fsdp"], "fsdp shards the model across the processes torchrun starts"),
@@ -191,6 +213,17 @@ HAND = [
     (GENERATE, ["--checkpoint", "{tmp}/array.pt"], "it holds objects other than tensors and plain values"),
     (EVALUATE, ["--checkpoint", "{run}", "--data", "{data}", "--limit", "3"],
      "--limit is for --task hellaswag"),
+    (NANOGPT, ["--nanogpt-dir", "{tmp}", "--data", "{data}"], "holds no model.py"),
+    (NANOGPT, ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "--n-embd", "30", "--n-head", "4"],
+     "--n-embd 30 is not divisible by --n-head 4"),
+    (NANOGPT, ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "--block-size", "100000"],
+     "fewer tokens than one window"),
+    (TIME_TO_LOSS, ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "--results", "{tmp}/corpus.txt"],
+     "is not a file of JSON rows this benchmark writes"),
+    (TIME_TO_LOSS, ["--nanogpt-dir", "{tmp}/nanogpt", "--data", "{data}", "model.n_heads=5"],
+     "is not divisible by model.n_heads 5"),
+    (SYNTHETIC, ["--tokens", "100", "--out", "{tmp}/project"], "already exists"),
+    (REPORT, ["--curves", "124M", "{run}", "{tmp}"], "holds no metrics.jsonl"),
 ]
 CASES = [(command, arguments, expected, "hand") for command, arguments, expected in HAND] + [
     (command, arguments, named, kind) for command, arguments, named, kind in [*config_cases(), *flag_cases()]]
@@ -215,6 +248,9 @@ def finished_run(tmp_path_factory, verdict_data):
     (files / "project" / "config.yaml").write_text("my: own settings\n")
     (files / "locked").mkdir()
     (files / "locked" / ".lock").write_text("held by another tool\n")
+    (files / "list.yaml").write_text("- train\n- model\n")
+    (files / "nanogpt").mkdir()
+    (files / "nanogpt" / "model.py").write_text("# a nanoGPT checkout's model.py\n")
     return root
 
 
@@ -227,7 +263,8 @@ def snapshot(root):
 
 
 @pytest.mark.parametrize("command, arguments, expected, kind", CASES,
-                         ids=[f"{c[0].split('.')[1]} {' '.join(c[1])[-60:]}" for c in CASES])
+                         ids=[f"{Path(c[0]).stem.removeprefix('gptdist.')} {' '.join(c[1])[-60:]}"
+                              for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, arguments, expected, kind):
     if "cuda" in arguments and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -245,7 +282,8 @@ def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, argume
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     named = [expected, hostile] if kind == "path" else [expected]
-    assert lines[0].startswith(f"{command}: error: ") and any(n in lines[0] for n in named), lines[0]
+    program = command.removeprefix("benchmarks/")  # a script names itself by its file
+    assert lines[0].startswith(f"{program}: error: ") and any(n in lines[0] for n in named), lines[0]
     assert snapshot(root) == before
 
 
@@ -287,3 +325,31 @@ def test_every_command_as_a_process_exits_2_with_one_line(tmp_path, command, arg
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{command}: error: ") and message in lines[0], \
         result.stderr
+
+
+@pytest.mark.parametrize("script, arguments, env, message", [
+    ("gpu.sh", [], {}, "usage: bash benchmarks/gpu.sh NANOGPT_DIR"),
+    ("gpu.sh", ["{tmp}"], {}, "NANOGPT_DIR {tmp} holds no model.py"),
+    ("gpu.sh", ["{tmp}/nanogpt", "quick", "bogus"], {}, "unknown part bogus"),
+    ("gpu.sh", ["{tmp}/nanogpt", "fp8"], {"CURVE_STEPS": "0"}, "CURVE_STEPS is 0"),
+    ("gpu.sh", ["{tmp}/nanogpt"], {"RESULTS": "{tmp}/nowhere/rows.jsonl"}, "folder {tmp}/nowhere does not"),
+    ("cpu.sh", ["{tmp}"], {}, "NANOGPT_DIR {tmp} holds no model.py"),
+    ("checkpoint.sh", ["{tmp}/nowhere.yaml"], {}, "config {tmp}/nowhere.yaml is not a file"),
+    ("checkpoint.sh", [], {"EVERY": "0"}, "EVERY is 0"),
+    ("time_to_loss.sh", [], {}, "usage: bash benchmarks/time_to_loss.sh NANOGPT_DIR"),
+    ("time_to_loss.sh", ["{tmp}/nanogpt", "--budget", "0"], {}, "argument --budget: 0.0 is out of range"),
+], ids=lambda value: value if isinstance(value, str) and value.endswith(".sh") else None)
+def test_every_benchmark_script_checks_its_inputs_before_any_work(finished_run, script, arguments, env,
+                                                                  message):
+    """One line, exit 2, and nothing written: not the user's files, not the results the script keeps."""
+    places = {"tmp": finished_run / "files"}
+    results = sorted((REPO / "benchmarks").glob("results-*.jsonl"))
+    before = snapshot(finished_run), [path.read_bytes() for path in results]
+    result = subprocess.run(["bash", f"benchmarks/{script}", *[a.format(**places) for a in arguments]],
+                            capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={**os.environ, **{k: v.format(**places) for k, v in env.items()}})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    named = script.removesuffix(".sh")  # time_to_loss.sh hands its arguments to time_to_loss.py
+    assert lines[0].startswith(f"{named}.") and message.format(**places) in lines[0], lines
+    assert (snapshot(finished_run), [path.read_bytes() for path in results]) == before

@@ -62,3 +62,11 @@ def test_a_key_that_is_a_python_keyword_reads_and_writes_by_its_own_name(tmp_pat
     with pytest.raises(UserError, match=r"unknown config key checkpoint.async_; valid keys of checkpoint: "
                                         r".*\basync\b"):
         config.load(None, ["checkpoint.async_=true"])
+
+
+def test_defaults_that_depend_on_other_keys_are_resolved_once_when_the_config_is_read():
+    cfg = config.build({"model": {"context_length": 48}, "train": {"parallel": "fsdp", "grad_clip": 0}})
+    assert cfg.data.stride == 48 and cfg.checkpoint.sharded is True and cfg.train.grad_clip is None
+    plain = config.build({"data": {"stride": 7}, "checkpoint": {"sharded": False}})
+    assert plain.data.stride == 7 and plain.checkpoint.sharded is False and plain.train.grad_clip == 1.0
+    assert config.build({}).checkpoint.sharded is False  # ddp: one file

@@ -3,7 +3,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -287,14 +286,15 @@ def test_a_folder_killed_while_being_replaced_is_put_back(tmp_path):
     out = tmp_path / "out"
     assert prepare("--input", tmp_path / "a.txt", "--out", out).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True)
+    dead = subprocess.Popen(["true"])  # ended and not reaped: a zombie, which runs no more
+    wait_for_exit([dead.pid])
     # a prepare killed between its two renames: the old folder set aside, the new one not yet in place
-    old = tmp_path / f".out.old-{socket.gethostname()}-{dead.stdout.strip()}"
+    old = tmp_path / f".out.old-{socket.gethostname()}-{dead.pid}"
     out.rename(old)
     result = prepare("--input", tmp_path / "b.txt", "--out", out)  # fails (no b.txt), after putting it back
     assert result.returncode == 2 and f"restored {out} from {old.name}" in result.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    dead.wait()
 
 
 @pytest.mark.parametrize("case", ["out-is-input", "out-is-parent", "out-inside-input", "user-folder",

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,9 +32,13 @@ from conftest import (
     wait_for_exit,
 )
 
+from gptdist import distributed
 from gptdist.checkpoint import store
 from gptdist.data import shards
+from gptdist.errors import UserError
+from gptdist.files.replace import own_temporary_folder
 from gptdist.tokenizer import encode
+from gptdist.training import runlock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -379,3 +384,49 @@ def test_code_never_unpickles_or_shells_out():
     assert loads and all("weights_only=True" in call for call in loads)
     assert "yaml.load(" not in source and "yaml.safe_load(" in source
     assert "shell=True" not in source and "os.system(" not in source and "import pickle" not in source
+
+
+def test_a_run_that_stops_at_its_start_leaves_no_folder_it_made(tmp_path):
+    """A run that fails before writing anything but its lock removes run.out_dir if it made it; a folder
+    that was there before, or one the run wrote into, stays."""
+    solo = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    for out, before in ((tmp_path / "new", None), (tmp_path / "old", "my notes"), (tmp_path / "wrote", None)):
+        if before:
+            out.mkdir()
+            (out / "notes.txt").write_text(before)
+        with pytest.raises(UserError, match="stopped at its start"), runlock.owning(out, solo):
+            if out.name == "wrote":
+                (out / "metrics.jsonl").write_text("{}\n")
+            raise UserError("stopped at its start")
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    assert (old / "notes.txt").read_text() == "my notes" and (old / ".lock").read_text() == ""
+    assert (tmp_path / "wrote" / "metrics.jsonl").exists()
+
+
+def test_what_processes_that_no_longer_run_left_in_the_temporary_folder_is_removed(tmp_path, monkeypatch):
+    """The benchmarks' temporary folders (named for their host and process): a process that ended, reaped or
+    a zombie, no longer needs its own; a running process's, another prefix's and another host's stay."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reaped, zombie = subprocess.Popen(["true"]), subprocess.Popen(["true"])
+    reaped.wait()
+    wait_for_exit([zombie.pid])  # ended, not reaped
+    host = socket.gethostname()
+    for prefix, suffix in (("gptdist-bench", "-x1y2z3"), ("gptdist-gpu", "")):  # Python's and the scripts'
+        stale = [tmp_path / f"{prefix}-{host}-{pid}{suffix}" for pid in (reaped.pid, zombie.pid)]
+        kept = [tmp_path / f"{prefix}-{host}-{os.getpid()}{suffix}", tmp_path / f"else-{host}-{reaped.pid}",
+                tmp_path / f"{prefix}-another-host-{reaped.pid}{suffix}"]
+        for folder in stale + kept:
+            folder.mkdir()
+        if prefix == "gptdist-bench":
+            made = own_temporary_folder(prefix)
+        else:
+            made = Path(subprocess.run(["bash", "-c", f"source benchmarks/common.sh; own_temporary {prefix}"],
+                                       capture_output=True, text=True, cwd=REPO, check=True,
+                                       env={**os.environ, "TMPDIR": str(tmp_path)}).stdout.strip())
+        assert made.is_dir() and made.name.startswith(f"{prefix}-{host}-")
+        assert not any(folder.exists() for folder in stale) and all(folder.exists() for folder in kept)
+        shutil.rmtree(made)
+        for folder in kept:
+            folder.rmdir()
+    zombie.wait()

@@ -41,12 +41,17 @@ class WandbTracker:
             return
         logging = self.cfg.logging
         self.run_id = self.run_id or new_run_id()
-        self.run = self._wandb.init(
-            project=logging.wandb_project, entity=logging.wandb_entity,
-            name=logging.wandb_run_name or Path(self.cfg.run.out_dir).name, tags=logging.wandb_tags or None,
-            config=self.cfg.to_dict(), id=self.run_id, resume="allow",
-            dir=None if os.environ.get("WANDB_DIR") else str(out_dir),  # wandb's own convention first
-        )
+        try:
+            self.run = self._wandb.init(
+                project=logging.wandb_project, entity=logging.wandb_entity,
+                name=logging.wandb_run_name or Path(self.cfg.run.out_dir).name,
+                tags=logging.wandb_tags or None, config=self.cfg.to_dict(), id=self.run_id, resume="allow",
+                dir=None if os.environ.get("WANDB_DIR") else str(out_dir),  # wandb's own convention first
+            )
+        except Exception as err:  # wandb's own errors (not logged in, offline, a bad entity) are many kinds
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"logging.wandb: W&B could not start the run ({first}); log in with wandb login, "
+                            "or set WANDB_MODE=offline") from None
 
     def log(self, row: dict, step: int) -> None:
         if self.run is not None:

@@ -3,11 +3,13 @@ data fits the model, the parallel form can run here, the optional packages it as
 
 Each failure is one line naming the key, and nothing has been written. (config.py has already
 checked every key on its own and the model's shape; what needs the data or the processes is here.)
+A run that resumes checks less here: its checkpoint brings the architecture and the global batch,
+which the resume itself checks, and model.init_from is not read again.
 """
 
 from pathlib import Path
 
-from .. import config
+from .. import config, distributed
 from ..checkpoint import pretrained, store
 from ..config import Config
 from ..data import shards
@@ -21,27 +23,41 @@ from .parallelize import check_supported
 
 
 def check_before_work(cfg: Config, ctx: Dist) -> None:
+    """On rank 0 (every rank stops if it fails): the checks above, in one line."""
+    distributed.on_rank0(lambda: _check(cfg, ctx), ctx)
+
+
+def _check(cfg: Config, ctx: Dist) -> None:
+    fresh = starts_afresh(cfg)
     for key, path in config.path_keys(cfg, config.INPUT):
-        if not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path)):
+        # data.dir: its manifest says more below; model.init_from: read only by a run that starts afresh
+        needed = key != "data.dir" and (key != "model.init_from" or fresh)
+        if needed and not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path)):
             raise UserError(f"{key} {path} does not exist")
     check_supported(cfg.train, ctx, precision.resolve(cfg.train.precision, ctx.device))
     if cfg.train.float8:
         float8.require_torchao()
     if cfg.logging.wandb:
         require_wandb()
-    _check_data(cfg, ctx)
+    _check_data(cfg, ctx, fresh)
 
 
-def _check_data(cfg: Config, ctx: Dist) -> None:
-    """The data folder is a prepared one of the model's vocabulary (model.init_from's, when given, is read
-    later), each split has a window, and a fresh run's first global batch fits the train split."""
+def starts_afresh(cfg: Config) -> bool:
+    """Whether the run starts afresh rather than resuming (checkpoint.resume never, or auto with no
+    checkpoint in run.out_dir)."""
+    mode, saved = cfg.checkpoint.resume, store.checkpoint_paths(Path(cfg.run.out_dir) / "checkpoints")
+    return mode == "never" or (mode == "auto" and not saved)
+
+
+def _check_data(cfg: Config, ctx: Dist, fresh: bool) -> None:
+    """The data folder is a prepared one, each split has a window, and a fresh run's vocabulary is the data's
+    (model.init_from's is read later) and its first global batch fits the train split."""
     manifest = shards.read_manifest(cfg.data.dir)
-    if not cfg.model.init_from:
-        manifest.check_vocabulary(cfg.model.vocab_size)
     train, _ = (TokenWindows(manifest, split, cfg.model.context_length, cfg.data.stride)
                 for split in shards.SPLITS)
-    saved = store.checkpoint_paths(Path(cfg.run.out_dir) / "checkpoints")
-    fresh = cfg.checkpoint.resume == "never" or (cfg.checkpoint.resume == "auto" and not saved)
-    if fresh:  # a resumed run's global batch is its checkpoint's, checked as it is read
-        StepLoader(train, cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size,
-                   cfg.train.micro_batch_size, ctx, cfg.run.seed)
+    if not fresh:
+        return
+    if not cfg.model.init_from:
+        manifest.check_vocabulary(cfg.model.vocab_size)
+    StepLoader(train, cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size,
+               cfg.train.micro_batch_size, ctx, cfg.run.seed)

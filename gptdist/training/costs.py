@@ -65,7 +65,7 @@ def bench_trainer(args, max_steps: int | None = None):
         distributed.teardown()
         raise
     # one folder for every rank, as a run has: a sharded checkpoint's ranks write into the same one
-    cfg.run.out_dir = distributed.broadcast_object(own_temporary_folder("gptdist-bench") if ctx.is_main
+    cfg.run.out_dir = distributed.broadcast_object(str(own_temporary_folder("gptdist-bench")) if ctx.is_main
                                                    else None)
     try:
         trainer = build_trainer(cfg, ctx)

@@ -23,13 +23,13 @@ class RunLog:
         """Write config.yaml, open metrics.jsonl and start tracking (rank 0)."""
         if not self.ctx.is_main:
             return
+        self.tracker.start(self.out_dir)  # first: if W&B cannot start, the run has written nothing yet
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.cfg, self.out_dir / "config.yaml")
             self.metrics = metrics.MetricsLog(self.out_dir)
         except OSError as err:
             raise unwritable(self.out_dir, err, f" ({err.filename})") from None
-        self.tracker.start(self.out_dir)
 
     def started(self, row: dict, train_samples: int, val_samples: int) -> None:
         """The start of a fresh run: what trains, on what, for how long."""
