@@ -58,6 +58,7 @@ os.environ["PATH"] = f"{LAUNCHERS}{os.pathsep}{os.environ['PATH']}"
 # The files that take longest, first: the test processes (pytest-xdist, whole files each) take files in
 # this order as they free up, so the longest ones never start last (.ci/run prints the slowest tests).
 LONGEST_FIRST = ["test_benchmarks.py", "test_checkpoint_ranks.py", "test_train.py", "test_slurm.py",
+                 "test_time_to_loss.py",
                  "test_training_step.py", "test_fsdp.py", "test_reliability.py", "test_launch.py",
                  "test_modern_model.py", "test_wandb.py", "test_muon.py", "test_hellaswag.py"]
 
@@ -326,6 +327,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# nanoGPT is not part of gptdist: $GPTDIST_NANOGPT_DIR points the benchmark tests at a checkout of it, else
+# they use this stand-in with the interface its model.py gives the benchmarks (GPTConfig, GPT(config)(x, y)
+# -> logits, loss; get_num_params; configure_optimizers), built from gptdist's own model.
+NANOGPT_STAND_IN = '''"""A stand-in for nanoGPT's model.py (GPTConfig, GPT) on gptdist's GPTModel."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptdist.config import ModelConfig
+from gptdist.model.gpt import GPTModel
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class GPT(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        shape = ModelConfig(vocab_size=config.vocab_size, vocab_multiple=1, n_layers=config.n_layer,
+                            n_heads=config.n_head, emb_dim=config.n_embd, drop_rate=config.dropout,
+                            context_length=config.block_size, bias=config.bias, tie_embeddings=True)
+        self.model = GPTModel(shape)
+
+    def forward(self, idx, targets=None):
+        logits = self.model(idx)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def get_num_params(self, non_embedding=True):
+        return self.model.num_params() - (self.model.pos_emb.weight.numel() if non_embedding else 0)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+'''
+
+
+@pytest.fixture(scope="session")
+def nanogpt(tmp_path_factory) -> Path:
+    """A nanoGPT checkout ($GPTDIST_NANOGPT_DIR), or a stand-in with its model.py's interface."""
+    if os.environ.get("GPTDIST_NANOGPT_DIR"):
+        return Path(os.environ["GPTDIST_NANOGPT_DIR"])
+    folder = tmp_path_factory.mktemp("nanogpt")
+    (folder / "model.py").write_text(NANOGPT_STAND_IN)
+    return folder
 
 
 HELLASWAG_ITEMS = [  # made-up items in HellaSwag's official JSONL format (ctx, endings, label)
