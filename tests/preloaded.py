@@ -18,6 +18,7 @@ interpreter instead.
 
 import ast
 import atexit
+import gc
 import importlib
 import io
 import os
@@ -335,6 +336,7 @@ def serve(address: str, launchers: str) -> None:
     for module in PRELOAD:
         __import__(module)
     _warm_up()
+    gc.freeze()  # what is here stays here: no collection in a fork touches (and copies) the server's pages
     import torch
 
     DEFAULT_THREADS = torch.get_num_threads()

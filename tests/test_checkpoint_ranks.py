@@ -144,8 +144,8 @@ def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict
 
 
 def test_an_fsdp_rank_never_holds_the_whole_model(tmp_path, verdict_data):
-    # 45.7M parameters (174 MB): two 50304 x 384 matrices and 4 blocks of 384
-    shape = ("model.emb_dim=384", "model.n_heads=2", "model.n_layers=4", "model.context_length=16",
+    # 77M parameters (307 MB): two 50304 x 512 matrices and 8 blocks of 512
+    shape = ("model.emb_dim=512", "model.n_heads=2", "model.n_layers=8", "model.context_length=16",
              "train.micro_batch_size=1", "train.max_steps=1", "eval.at_start=false", "eval.interval=100")
     peaks = {}
     for parallel in ("ddp", "fsdp"):
@@ -154,7 +154,7 @@ def test_an_fsdp_rank_never_holds_the_whole_model(tmp_path, verdict_data):
         assert result.returncode == 0, result.stderr[-3000:]
         start = next(row for row in metrics_rows(out) if row.get("event") == "start")
         peaks[parallel] = start["host_peak_mb"]
-    model_mb = 45.7e6 * 4 / 2**20
+    model_mb = 76.7e6 * 4 / 2**20
     print(f"host peaks at start, MB: {peaks}; the model's weights {model_mb:.0f} MB")
     # ddp: the whole model and its gradient buckets; fsdp: a quarter of it and one module at a time
     for rank in range(4):

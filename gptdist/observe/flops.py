@@ -19,14 +19,15 @@ def flops_per_token(model) -> float:
     return 6 * model.matmul_params() + 12 * cfg.n_layers * cfg.context_length * cfg.emb_dim
 
 
-def measured_cpu_peak(dtype: torch.dtype, seconds: float = 1.0, repeats: int = 10) -> float:
+def measured_cpu_peak(dtype: torch.dtype, seconds: float = 0.1, repeats: int = 10) -> float:
     """FLOP/s of the fastest of up to `repeats` square matmuls on this CPU, with all its threads.
 
     Timed as `F.linear`, the op the model's layers run: on CPUs without native bf16, a bf16 `a @ b`
     takes a path ten times slower, and an MFU against it reads over 100%. 1024 wide where one such
-    matmul takes a tenth of `seconds` or less, else 512: fp16 and bf16 can run far slower than fp32,
-    and a measurement of 1024-wide ones would hold up the start of a run. The repeats stop once
-    `seconds` are spent. Its own generator: a measurement at the start of a run must not move the
+    matmul takes a tenth of `seconds` or less (many cores, which 512-wide ones would not keep busy),
+    else 512: on a 2-core Xeon 512-wide ones reach within 5% of 1024-wide ones' rate, in an eighth
+    of the time, and every run (every benchmark's too) starts with this measurement. The repeats
+    stop once `seconds` are spent. Its own generator: a measurement at the start of a run must not move the
     training RNG (dropout).
     """
     generator = torch.Generator().manual_seed(0)
