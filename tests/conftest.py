@@ -21,6 +21,27 @@ import preloaded
 import pytest
 import torch
 
+from gptdist.files.replace import own_temporary_folder
+
+
+def _in_memory_temp() -> None:
+    """Temporary files in memory where the machine has room (/dev/shm): the tests write and fsync
+    thousands of shards, checkpoints and logs, which a disk makes the slowest part of many tests."""
+    shm = Path("/dev/shm")
+    if "TMPDIR" in os.environ or not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return
+    stats = os.statvfs(shm)
+    if stats.f_bavail * stats.f_frsize >= 8 << 30:
+        os.environ["TMPDIR"] = str(shm)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+_in_memory_temp()
+# Where torch.compile keeps what it built, named before anything compiles: inductor sets this variable in
+# the process that compiles first, and a test process whose variables differ from its preloaded server's
+# would start every command after that in a new interpreter (tests/preloaded.py's IMPORT_PREFIXES).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"torchinductor-{os.getuid()}"))
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 VERDICT = DATA / "the-verdict.txt"
@@ -42,14 +63,19 @@ def _tiktoken_cache() -> Path:
 
 
 os.environ["TIKTOKEN_CACHE_DIR"] = str(_tiktoken_cache())
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One core per test process (pyproject's --numprocesses): the runs made in this process then do not
-    # spin on a core that the other test process's runs are using.
-    torch.set_num_threads(1)
+# Threads that wait for work sleep instead of spinning: the tests' processes outnumber the cores, and a
+# spinning OpenMP thread takes a core from another test's process (set before torch's OpenMP starts).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread in every process the tests start, and in the test processes themselves: more test processes
+# and ranks run at once than there are cores (pyproject's --numprocesses), and a second thread in each
+# would only contend for a core another is using. One thread is also the same arithmetic in every process.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 # `python3`, `python` and `torchrun` for every process the tests start: each is forked from this test
 # process's preloaded server (tests/preloaded.py), or is a new interpreter until the server is up.
-LAUNCHERS = Path(tempfile.gettempdir()) / f"gptdist-tests-python-{os.getpid()}"
+# (named for this host and process: what a killed test run left is removed here the next time)
+LAUNCHERS = own_temporary_folder("gptdist-tests-python")
 PYTHON = str(LAUNCHERS / "python3")
 preloaded.write_launchers(LAUNCHERS, str(LAUNCHERS / "server"))
 os.environ["PATH"] = f"{LAUNCHERS}{os.pathsep}{os.environ['PATH']}"
@@ -190,9 +216,6 @@ def train_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
 # on, bit for bit.
 UNINTERRUPTED = ("train.max_steps=24", "checkpoint.interval=4", "checkpoint.keep=10", "eval.interval=12",
                  "model.drop_rate=0.1", "model.emb_dim=64", "model.context_length=64")
-# torchrun sets OMP_NUM_THREADS=1 only when it starts several local processes; the thread count
-# changes CPU matmul rounding, so every process of a comparison gets it explicitly.
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +224,7 @@ def uninterrupted(tmp_path_factory, worker_id, verdict_data) -> dict:
 
     def train(folder: Path) -> None:
         command = torchrun_command(2, *train_args(verdict_data, folder / "run", *UNINTERRUPTED))
-        result = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD, cwd=REPO,
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
 

@@ -326,10 +326,23 @@ def _warm_up() -> None:
         metrics.plot_losses(rows, Path(folder, "loss.png"))
 
 
+def _end_with_the_parent() -> None:
+    """The server ends when the test process that started it does, however it ends (Linux's
+    PR_SET_PDEATHSIG): a killed test run leaves no server behind."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(address: str, launchers: str) -> None:
     """Import everything once, then fork a process for each launcher that connects; when it ends, send
     the launcher its exit status."""
     global DEFAULT_THREADS, IMPORT_STATE, SERVER_PYTHONPATH, SERVER_TIKTOKEN_CACHE
+    _end_with_the_parent()
     IMPORT_STATE = _import_state(dict(os.environ))  # before the imports, which set some (inductor's cache)
     SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")
     SERVER_TIKTOKEN_CACHE = os.environ.get("TIKTOKEN_CACHE_DIR")

@@ -23,7 +23,7 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
     # single-process runs of its own call.
     env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
            "NANOGPT_ARGS": TINY_NANOGPT, "GPTDIST_CACHE": str(download_cache), "CURVE_STEPS": "30",
-           "CORPUS_MB": "1", "TOKENS": "200000", "OMP_NUM_THREADS": "1"}
+           "CORPUS_MB": "1", "TOKENS": "200000"}
     calls = {tmp_path / "compare.jsonl": ["compare", "shipped"],
              tmp_path / "parts.jsonl": ["fp8", "checkpoint", "fsdp"]}
     scripts = [subprocess.Popen(["bash", "benchmarks/gpu.sh", str(nanogpt), *parts], cwd=REPO,
@@ -79,7 +79,7 @@ def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tm
     (no_python / "python").chmod(0o755)
     results = tmp_path / "quick.jsonl"
     env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
-           "NANOGPT_ARGS": TINY_NANOGPT, "RESULTS": str(results), "OMP_NUM_THREADS": "1", "TOKENS": "200000",
+           "NANOGPT_ARGS": TINY_NANOGPT, "RESULTS": str(results), "TOKENS": "200000",
            "PATH": f"{no_python}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", "benchmarks/gpu.sh", str(nanogpt), "quick"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 RUN = ("train.max_steps=8", "train.grad_accum_steps=2", "checkpoint.interval=4", "checkpoint.keep=10",
        "eval.interval=4", "logging.interval=2", "model.drop_rate=0.0", "model.emb_dim=64",
        "train.precision=fp32")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 def train(verdict_data, out, nproc, *overrides):

@@ -2,11 +2,11 @@
 --max-restarts."""
 
 import json
+import os
 import subprocess
 
 import pytest
 from conftest import (
-    ONE_THREAD,
     PYTHON,
     REPO,
     UNINTERRUPTED,
@@ -30,7 +30,7 @@ def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_pa
     launch = ["--standalone"] if rendezvous == "standalone" else \
         ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--nnodes=1"]
     agent = subprocess.Popen(torchrun(*launch, "--nproc_per_node=2", "--max-restarts=1")
-                             + train_args(verdict_data, out, *UNINTERRUPTED), env=ONE_THREAD, cwd=REPO,
+                             + train_args(verdict_data, out, *UNINTERRUPTED), cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kill_a_worker_once_saved(agent, out / "checkpoints" / "step_00000008.pt")
     assert same_weights(newest_model(out), uninterrupted)
@@ -46,7 +46,7 @@ def test_multi_node_script_succeeds_exactly_when_training_finished(tmp_path, ver
     port = free_port()
     # failed: 3 heads do not divide a width of 64
     overrides = UNINTERRUPTED if outcome == "finished" else (*UNINTERRUPTED, "model.n_heads=3")
-    env = {**ONE_THREAD, "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}",
+    env = {**os.environ, "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}",
            "RDZV_ID": "script", "GPTDIST_OUTCOME_FILE": str(tmp_path / "outcome")}
     agents = [subprocess.Popen(["bash", "launch/multi-node.sh", *train_args(verdict_data, out, *overrides)],
                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

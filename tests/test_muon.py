@@ -24,7 +24,7 @@ from gptdist.model.gpt import GPTModel
 from gptdist.training import optimizer
 from gptdist.training.muon import MuonAdamW
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = dict(os.environ)  # one thread in every process (conftest)
 MUON = ("optim.optimizer=muon", "optim.muon_lr=0.02", "model.drop_rate=0.0", "checkpoint.interval=2",
         "checkpoint.keep=5", "eval.interval=100")
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 FORMAT_2_COMMIT = "730723f"  # the last gptdist that wrote gptdist-checkpoint/2
 RUN = ("train.max_steps=4", "checkpoint.interval=2", "checkpoint.keep=10", "eval.interval=100",
        "model.drop_rate=0.1")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, the same arithmetic in every process
+ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PYTHON, VERDICT, run_main, run_module, wait_for_exit
+from conftest import PYTHON, VERDICT, forked_pid, run_main, run_module, wait_for_exit
 
 from gptdist.data import corpus, shards
 from gptdist.errors import UserError
@@ -268,6 +268,7 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
     while not list(tmp_path.glob(".out.tmp-*/train-0000[2-9].bin")):  # several shards written: halfway
         assert proc.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
         time.sleep(0.05)
+    killed = forked_pid(proc)  # the process that made the temporary folder
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_for_exit([proc.pid])
@@ -276,7 +277,7 @@ def test_killed_prepare_leaves_no_manifest(tmp_path):
     (stale,) = tmp_path.glob(".out.tmp-*")
     again = prepare("--input", docs, "--out", out, "--workers", "1")  # the next run into the same --out
     assert again.returncode == 0, again.stderr
-    removed = f"removed {stale.name}, left by a process that did not finish (process {proc.pid} is gone)"
+    removed = f"removed {stale.name}, left by a process that did not finish (process {killed} is gone)"
     assert removed in again.stdout
     assert not list(tmp_path.glob(".out.*")) and shards.read_manifest(out)
 

@@ -40,7 +40,7 @@ from gptdist.files.replace import own_temporary_folder
 from gptdist.tokenizer import encode
 from gptdist.training import runlock
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 def train(nproc, data, out, *overrides):

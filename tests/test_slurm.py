@@ -43,6 +43,8 @@ def sbatch(tmp_path, *args, agents=1, log="job.log"):
     return result, job.group(1) if job else None
 
 
+# enough steps that the signal, sent after step 3, always arrives before the last (a step takes ~10 ms)
+STEPS = 400
 RUNNING = ("PENDING", "RUNNING", "CONFIGURING")  # the states of a job that has not ended
 
 
@@ -75,7 +77,8 @@ def test_job_runs_to_completion_and_leaves_a_checkpoint(slurm, tmp_path, verdict
 
 def test_preempted_job_checkpoints_requeues_resumes_and_finishes(slurm, tmp_path, verdict_data):
     out = tmp_path / "run"
-    result, job = sbatch(tmp_path, *train_args(verdict_data, out, "train.max_steps=60", "logging.interval=1",
+    result, job = sbatch(tmp_path, *train_args(verdict_data, out, f"train.max_steps={STEPS}",
+                                               "logging.interval=1",
                                                "checkpoint.interval=1000"))
     assert result.returncode == 0, result.stderr
     metrics = out / "metrics.jsonl"
@@ -90,10 +93,10 @@ def test_preempted_job_checkpoints_requeues_resumes_and_finishes(slurm, tmp_path
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     resumes = [r for r in rows if r.get("event") == "resume"]
-    assert len(resumes) == 1 and 3 <= resumes[0]["step"] < 60
+    assert len(resumes) == 1 and 3 <= resumes[0]["step"] < STEPS
     assert f"step_{resumes[0]['step']:08d}.pt" in resumes[0]["checkpoint"]
-    assert max(r["step"] for r in rows if "loss" in r) == 60
-    assert (out / "checkpoints" / "step_00000060.pt").is_file()
+    assert max(r["step"] for r in rows if "loss" in r) == STEPS
+    assert (out / "checkpoints" / f"step_{STEPS:08d}.pt").is_file()
     assert "got SIGUSR1" in log and "requeueing job" in log and "(restart 1)" in log
 
 

@@ -8,7 +8,6 @@ import typing
 import pytest
 import torch
 from conftest import (
-    ONE_THREAD,
     PYTHON,
     REPO,
     UNINTERRUPTED,
@@ -29,9 +28,8 @@ from gptdist.errors import UserError
 
 
 def torchrun(nproc, *args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=timeout)
+    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
 
 
 @pytest.mark.slow
@@ -71,7 +69,7 @@ def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
 def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data, uninterrupted):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *UNINTERRUPTED)), cwd=REPO,
-                            env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     wait_for((killed / "checkpoints" / "step_00000008.pt").exists, proc)
     kill_job(proc, killed)  # the whole job dies at once, as on a node failure
@@ -93,7 +91,7 @@ VARIANTS = ["eager", "compile", "blocks", "fsdp", "fsdp+blocks+compile"]  # see 
 def test_accumulated_gradients_equal_one_process(tmp_path, verdict_data):
     script = REPO / "tests" / "dist_grad_check.py"
     result = subprocess.run([*torchrun_command(2)[:5], str(script), str(verdict_data), *VARIANTS],
-                            capture_output=True, text=True, env=ONE_THREAD, cwd=REPO, timeout=600)
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for variant in VARIANTS:
         assert f"{variant}: gradients equal on 2 ranks and to one process's" in result.stdout, result.stdout
@@ -151,8 +149,7 @@ def test_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, verdict_
     args = train_args(verdict_data, out, "train.max_steps=100000", "logging.interval=1",
                       "checkpoint.interval=100000",
                       "eval.interval=100000")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agent = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    agent = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and '"step": 3,' in metrics.read_text(), agent)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_main, train_args
+from conftest import PYTHON, REPO, forked_pid, run_main, train_args
 
 from gptdist import config, distributed
 from gptdist.config import ModelConfig
@@ -47,6 +47,14 @@ def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data, monke
         trainer.step()
         trainer.evaluator.losses()
     assert counters["unique_graphs"] == graphs + 1  # and none after it
+
+
+def test_commands_after_a_compile_in_the_test_process_are_still_forked_from_the_preloaded_server():
+    """torch.compile (the test above, in this process) must not change a variable that sends every later
+    command of this test process to a new interpreter (tests/preloaded.py compares them)."""
+    command = subprocess.Popen([PYTHON, "-m", "gptdist.train", "--help"], stdout=subprocess.DEVNULL, cwd=REPO)
+    assert command.wait(timeout=120) == 0
+    assert forked_pid(command) != command.pid
 
 
 def test_padded_evaluation_batch_gives_the_exact_loss(tmp_path, verdict_data):

@@ -15,7 +15,7 @@ def offline_runs(out_dir):
 @pytest.mark.slow
 def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(tmp_path, verdict_data):
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "x" * 40}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40}
     overrides = ("logging.wandb=true", "logging.wandb_project=gptdist-test", "logging.wandb_tags=[ci, tiny]",
                  "logging.interval=2", "eval.interval=4", "eval.hellaswag_interval=4",
                  f"eval.hellaswag_file={write_hellaswag(tmp_path / 'hellaswag.jsonl')}")

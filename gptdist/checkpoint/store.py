@@ -26,7 +26,8 @@ from . import sharded
 from .names import OLD_NAMES, renamed
 
 # Tests name a folder here to hold each write open before its rename until they release it: "killed
-# during a write" and "a save waits for the previous write" become certain (`_held_at_test_gate`).
+# during a write" and "a save waits for the previous write" become certain (`_held_at_test_gate`; a save
+# that waits marks `save-STEP.waits` first).
 TEST_GATE = "GPTDIST_TEST_CHECKPOINT_GATE"
 
 # Format 3 names FeedForward's layers (ff.fc, ff.proj); format 2 called them by position
@@ -205,9 +206,16 @@ def _held_at_test_gate(name: str) -> None:
     gate = os.environ.get(TEST_GATE)
     if not gate:
         return
-    Path(gate, f"{name}.held").touch()
+    tell_test_gate(f"{name}.held")
     while not (Path(gate, name).exists() or Path(gate, "all").exists()):
         time.sleep(0.01)
+
+
+def tell_test_gate(event: str) -> None:
+    """Under tests only: mark `event` in the gate's folder (`GATE/event`), for a test waiting on it."""
+    gate = os.environ.get(TEST_GATE)
+    if gate:
+        Path(gate, event).touch()
 
 
 def _sealed(payload: dict) -> dict:
