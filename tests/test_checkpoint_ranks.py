@@ -26,7 +26,6 @@ from gptdist.checkpoint import pretrained, sharded, store
 
 pytestmark = pytest.mark.slow
 
-ENV = dict(os.environ)  # one thread in every process (conftest)
 # a state of ~26M parameters (two 50304 x 256 matrices: the embedding and the untied head), ~300 MB
 # with AdamW's moments, against little compute: what a save adds to a rank's memory stands out
 BIG_STATE = ("model.emb_dim=256", "model.n_heads=2", "model.n_layers=1", "model.context_length=16",
@@ -37,7 +36,7 @@ def test_under_ddp_a_save_copies_the_state_on_rank_0_only_and_a_resume_adds_litt
     command = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
                "gptdist.bench", "checkpoint", "--config", REPO / "configs" / "verdict-tiny.yaml",
                "--rounds", "1", f"data.dir={verdict_data}", *BIG_STATE]
-    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, env=ENV, cwd=REPO,
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, cwd=REPO,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -59,7 +58,7 @@ def test_under_ddp_a_save_copies_the_state_on_rank_0_only_and_a_resume_adds_litt
         assert resumed - fresh < 0.5 * size_mb, (rank, ranks[rank], size_mb)
 
 
-def run(out, nproc, *overrides, data, env=ENV):
+def run(out, nproc, *overrides, data, env=None):
     command = torchrun_command(nproc, *train_args(data, out, "model.drop_rate=0.0", *overrides))
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
@@ -70,8 +69,8 @@ def test_ranks_other_than_0_resume_without_opening_the_checkpoint(tmp_path, verd
     assert run(out, 2, "train.max_steps=2", *steps, data=verdict_data).returncode == 0
     opened = tmp_path / "opened"
     opened.mkdir()
-    guard = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
-                                                   ENV.get("PYTHONPATH", "")]),
+    guard = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
+                                                          os.environ.get("PYTHONPATH", "")]),
              "GPTDIST_TEST_UNREADABLE": str(out / "checkpoints"), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
              "GPTDIST_TEST_OPENED": str(opened)}
     resumed = run(out, 2, "train.max_steps=4", *steps, data=verdict_data, env=guard)
@@ -101,8 +100,8 @@ def test_under_fsdp_model_init_from_is_read_by_rank_0_alone(tmp_path, verdict_da
     source, opened = tmp_path / "source", tmp_path / "opened"
     assert run(source, 1, "train.max_steps=2", data=verdict_data).returncode == 0
     opened.mkdir()
-    guard = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
-                                                   ENV.get("PYTHONPATH", "")]),
+    guard = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
+                                                          os.environ.get("PYTHONPATH", "")]),
              "GPTDIST_TEST_UNREADABLE": str(source), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
              "GPTDIST_TEST_OPENED": str(opened)}
     steps = ("train.max_steps=2", "checkpoint.interval=2", "eval.interval=100", f"model.init_from={source}")
@@ -127,7 +126,7 @@ def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict
     gate.mkdir()
     args = train_args(verdict_data, out, "model.drop_rate=0.0", "train.max_steps=4", "checkpoint.interval=1",
                       "checkpoint.keep=10", "logging.interval=1")
-    held = {**ENV, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
+    held = {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
     job = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=held)
     # step 1's write is held until step 2's save has begun to wait for it

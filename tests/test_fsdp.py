@@ -2,7 +2,6 @@
 that move between parallelisms and world sizes, sharded checkpoints, a killed worker restarted."""
 
 import json
-import os
 import shutil
 import subprocess
 
@@ -30,12 +29,11 @@ pytestmark = pytest.mark.slow
 RUN = ("train.max_steps=8", "train.grad_accum_steps=2", "checkpoint.interval=4", "checkpoint.keep=10",
        "eval.interval=4", "logging.interval=2", "model.drop_rate=0.0", "model.emb_dim=64",
        "train.precision=fp32")
-ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 def train(verdict_data, out, nproc, *overrides):
     result = subprocess.run(torchrun_command(nproc, *train_args(verdict_data, out, *RUN, *overrides)),
-                            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -147,7 +145,7 @@ def test_killed_fsdp_worker_is_restarted_and_ends_on_the_uninterrupted_weights(t
     command = torchrun_command(2)
     agent = subprocess.Popen([*command[:4], "--max-restarts=1", *command[4:],
                               *train_args(verdict_data, out, *RUN, *overrides)],
-                             env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kill_a_worker_once_saved(agent, first)
     final = _sharded_model(out) if sharded else newest_model(out)
     assert same_weights(final, newest_model(runs / "fsdp"))
@@ -163,7 +161,7 @@ def test_a_full_disk_during_a_sharded_write_leaves_no_partial_folder(tmp_path, v
         free = shutil.disk_usage(disk).free
         (disk / "filler").write_bytes(b"\0" * (free - 256 * 1024))  # room for logs, not a checkpoint
         command = torchrun_command(2, *train_args(verdict_data, out, *RUN, *sharded, "train.max_steps=2"))
-        result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
         assert result.returncode != 0
         assert "cannot write checkpoint" in result.stderr, result.stderr[-3000:]
         assert "step_00000002" in result.stderr

@@ -2,7 +2,6 @@
 activation checkpointing and FP8, under ddp and fsdp with both checkpoint forms, resumed bit for bit,
 then generate, evaluate and HellaSwag; and export refuses them in one line."""
 
-import os
 import subprocess
 
 import pytest
@@ -16,11 +15,10 @@ from gptdist.model.gpt import GPTModel
 MODERN = ("model.positions=rotary", "model.norm=rmsnorm", "model.qk_norm=true", "model.activation=relu2",
           "model.logit_softcap=15", "model.zero_init_projections=true", "model.bias=false",
           "model.drop_rate=0.0")
-ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 def train(command, *, check=True):
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

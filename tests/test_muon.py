@@ -24,7 +24,6 @@ from gptdist.model.gpt import GPTModel
 from gptdist.training import optimizer
 from gptdist.training.muon import MuonAdamW
 
-ENV = dict(os.environ)  # one thread in every process (conftest)
 MUON = ("optim.optimizer=muon", "optim.muon_lr=0.02", "model.drop_rate=0.0", "checkpoint.interval=2",
         "checkpoint.keep=5", "eval.interval=100")
 
@@ -94,7 +93,7 @@ def test_a_non_finite_step_changes_nothing():
 
 
 def train(command, check=True):
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -131,7 +130,7 @@ def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
     gate.mkdir()
     # step 2's write goes through, step 4's is held before its rename: the kill lands between them
     (gate / "step_00000002.pt").touch()
-    held = {**ENV, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
+    held = {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
     proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=held,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for((gate / "step_00000004.pt.held").exists, proc)

@@ -6,7 +6,6 @@ must reach, bit for bit, the weights the earlier one reached without a break.
 """
 
 import io
-import os
 import subprocess
 import tarfile
 
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.slow
 FORMAT_2_COMMIT = "730723f"  # the last gptdist that wrote gptdist-checkpoint/2
 RUN = ("train.max_steps=4", "checkpoint.interval=2", "checkpoint.keep=10", "eval.interval=100",
        "model.drop_rate=0.1")
-ENV = dict(os.environ)  # one thread in every process (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def format_2_gptdist(tmp_path_factory):
 
 
 def train(command: list[str], cwd) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

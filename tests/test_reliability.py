@@ -40,27 +40,25 @@ from gptdist.files.replace import own_temporary_folder
 from gptdist.tokenizer import encode
 from gptdist.training import runlock
 
-ENV = dict(os.environ)  # one thread in every process (conftest)
-
 
 def train(nproc, data, out, *overrides):
     """A run on `nproc` processes under torchrun; with one, in this process."""
     if nproc == 1:
         return run_main("gptdist.train", *train_args(data, out, *overrides))
     return subprocess.run(torchrun_command(nproc, *train_args(data, out, *overrides)), capture_output=True,
-                          text=True, env=ENV, cwd=REPO, timeout=600)
+                          text=True, cwd=REPO, timeout=600)
 
 
 def train_alone(data, out, *overrides):
     """A run in a process of its own, with one thread: the same arithmetic as a run killed in its process."""
     return subprocess.run([PYTHON, "-m", "gptdist.train", *train_args(data, out, *overrides)],
-                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1")
 
 
-def start(data: Path, out: Path, *overrides: str, env=ENV) -> subprocess.Popen:
+def start(data: Path, out: Path, *overrides: str, env=None) -> subprocess.Popen:
     """A training run in the background."""
     return subprocess.Popen([PYTHON, "-m", "gptdist.train", *train_args(data, out, *overrides)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,7 +68,7 @@ def held_writes(gate: Path) -> dict:
     """The environment of a run whose every checkpoint write is held before its rename until the test
     releases it (gptdist/checkpoint/store.py): `gate/NAME.held` says it waits, `gate/NAME` releases it."""
     gate.mkdir()
-    return {**ENV, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
+    return {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
 
 
 def logged(out: Path, step: int):
@@ -88,7 +86,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(
                       "checkpoint.keep=3",
                       "eval.interval=100000", "logging.interval=1")
     for _trial in range(8):
-        proc = subprocess.Popen([PYTHON, "-m", "gptdist.train", *args], cwd=REPO, env=ENV,
+        proc = subprocess.Popen([PYTHON, "-m", "gptdist.train", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         newest_before = store.checkpoint_paths(folder)[-1] if folder.exists() else None
         deadline = time.time() + 120
