@@ -5,7 +5,7 @@
 # compiles for 20-40 s); a session with a 10-minute limit runs them one call each:
 #   quick    for a short loan (<= 6 minutes with compiles, 10 timed steps a run): gptdist and nanoGPT at
 #            124M micro-batch 16 and 64 and 355M at 16, the modern recipe (configs/gutenberg-gpt2-124m-modern.yaml)
-#            at 124M micro-batch 16 and 64, and one checkpoint save's stall
+#            at 124M micro-batch 16 and 64, one checkpoint save's stall, and generation at batch 1
 #   compare  GPT-2 124M at micro-batch 16, 32 and 64, 355M at 16: nanoGPT and gptdist alternating
 #   shipped  configs/gutenberg-gpt2-124m.yaml as shipped, under torchrun --nproc_per_node=1
 #   modes    torch.compile modes (max-autotune, CUDA graphs) and no compile, 124M at micro-batch 32
@@ -16,19 +16,23 @@
 #   fsdp     124M at micro-batch 32 under torchrun on this GPU, ddp then fsdp; then gpt2-large and gpt2-xl
 #            with fsdp and activation checkpointing as configs/gutenberg-gpt2-{large,xl}.yaml ship them:
 #            memory per rank (gptdist.bench memory) and time per step on this one GPU
+#   generate gptdist.bench generate: 512 greedy tokens after 64 at 124M (GPT-2's shape and the modern recipe's),
+#            batch 1 and 8: gptdist's cached, compiled generation beside transformers' generate() on the
+#            same weights exported, and beside the book's loop that recomputes the window
 #   all      every part
 # Every run appends one JSON row to benchmarks/results-gpu.jsonl (RESULTS overrides): label, shape,
 # tokens_per_sec, mfu, peak_memory_mb, gpu, torch (or the error it ended with). Then
 # benchmarks/gpu_report.py adds a ratio row per shape and prints the table. The timing data are
 # 50M random token ids (benchmarks/synthetic_shards.py): no network needed.
-# GPTDIST_ARGS and NANOGPT_ARGS are appended to every gptdist and nanoGPT run, BENCH_STEPS replaces
+# GPTDIST_ARGS and NANOGPT_ARGS are appended to every gptdist and nanoGPT run, GENERATE_ARGS to every
+# generation benchmark, BENCH_STEPS replaces
 # "--steps 30 --warmup 8", TOKENS the 50M timing tokens, CURVE_STEPS the 150 steps of the loss curves,
 # CORPUS_MB the 32 MB of The Verdict's paragraphs they train on: tests/test_benchmarks.py runs the
 # script on a CPU with tiny models this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/common.sh
-KNOWN="quick compare shipped modes model fp8 checkpoint fsdp"
+KNOWN="quick compare shipped modes model fp8 checkpoint fsdp generate"
 [ $# -ge 1 ] || fail "usage: bash benchmarks/gpu.sh NANOGPT_DIR [${KNOWN// /|}|all ...]"
 NANOGPT_DIR=$1
 shift
@@ -54,6 +58,7 @@ MODERN=configs/gutenberg-gpt2-124m-modern.yaml
 read -r -a STEPS <<<"${BENCH_STEPS:---steps 30 --warmup 8}"
 read -r -a GPTDIST_EXTRA <<<"${GPTDIST_ARGS:-}"
 read -r -a NANOGPT_EXTRA <<<"${NANOGPT_ARGS:-}"
+read -r -a GENERATE_EXTRA <<<"${GENERATE_ARGS:-}"
 
 # record SHAPE LABEL COMMAND...: run it; append its JSON line tagged with shape and label, or its error
 record() {
@@ -76,6 +81,9 @@ nanogpt() {
 }
 NANO_124M=(--n-layer 12 --n-head 12 --n-embd 768)
 NANO_355M=(--n-layer 24 --n-head 16 --n-embd 1024)
+generation() {
+  python3 -m gptdist.bench generate --prompt-tokens 64 --new-tokens 512 --recompute "$@" "${GENERATE_EXTRA[@]}"
+}
 
 for part in $PARTS; do
   case $part in
@@ -89,7 +97,8 @@ for part in $PARTS; do
       record "355M mb16" gptdist gptdist $MEDIUM train.micro_batch_size=16
       record "355M mb16" nanogpt nanogpt "${NANO_355M[@]}" --batch-size 16
       record "124M checkpoint" "gptdist save" python3 -m gptdist.bench checkpoint --config $SMALL --rounds 1 \
-        data.dir="$TMP/tokens" "${GPTDIST_EXTRA[@]}" ;;
+        data.dir="$TMP/tokens" "${GPTDIST_EXTRA[@]}"
+      record "124M generate b1" "gptdist vs transformers" generation ;;
     compare)  # the order flips from shape to shape, so that drift in the machine hits both alike
       record "124M mb16" nanogpt nanogpt "${NANO_124M[@]}" --batch-size 16
       record "124M mb16" gptdist gptdist $SMALL train.micro_batch_size=16
@@ -144,6 +153,12 @@ for part in $PARTS; do
       for size in large xl; do
         record "gpt2-$size fsdp" "gptdist memory" torchrun --standalone --nproc_per_node=1 -m gptdist.bench memory \
           --config configs/gutenberg-gpt2-$size.yaml data.dir="$TMP/tokens" train.grad_accum_steps=1 "${GPTDIST_EXTRA[@]}"
+      done ;;
+    generate)
+      for batch in 1 8; do
+        record "124M generate b$batch" "gptdist vs transformers" generation --batch-size $batch
+        record "124M modern generate b$batch" "gptdist vs transformers" generation --batch-size $batch \
+          --config $MODERN
       done ;;
   esac
 done

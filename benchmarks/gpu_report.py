@@ -7,7 +7,8 @@
 
 Ratios, per shape (the newest row of each label counts): gptdist / nanoGPT tokens/s and peak
 memory; each option's run / the plain gptdist run of its shape; the shipped config under
-torchrun / the best single-process gptdist run of the same model.
+torchrun / the best single-process gptdist run of the same model. A generation row carries its
+own ratios (gptdist / transformers, gptdist / the recomputing loop).
 """
 
 import json
@@ -68,6 +69,17 @@ def ratio_rows(runs: list[dict]) -> list[dict]:
     return ratios
 
 
+def generation_row(r: dict) -> str:
+    """A generation row of the table: tokens/s and time to the first token beside transformers', the
+    speed-up over the book's recomputing loop where it was measured."""
+    ours, theirs = r["gptdist"], r["transformers"]
+    recompute = f"; {r['vs_recompute']:.1f}x the recomputing loop" if "vs_recompute" in r else ""
+    return (f"| {r['shape']} | {r['label']} | {ours['tokens_per_sec']:,.0f} vs "
+            f"{theirs['tokens_per_sec']:,.0f} tokens/s, first token {1e3 * ours['first_token_s']:.0f} vs "
+            f"{1e3 * theirs['first_token_s']:.0f} ms{recompute} | | {ours['peak_memory_mb'] / 1024:.1f} GB | "
+            f"**{r['vs_transformers']:.2f}x** transformers |")
+
+
 def report(path: Path) -> None:
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     runs = [r for r in runs if not r["label"].startswith("ratio ")]
@@ -88,6 +100,8 @@ def report(path: Path) -> None:
             print(f"| {r['shape']} | {r['label']} | {r['ms_per_step']:,.0f} ms/step at micro-batch "
                   f"{r['micro_batch_size']}: state {r['state_mb'] / 1024:.1f} GB, activations "
                   f"{r['activations_mb'] / 1024:.1f} GB per rank | | {r['peak_memory_mb'] / 1024:.1f} GB | |")
+        elif r.get("benchmark") == "generate":
+            print(generation_row(r))
         elif "stall_s" in r:
             print(f"| {r['shape']} | {r['label']} | training stopped {r['stall_s']:.2f} s (blocking save: "
                   f"{r['blocking_s']:.2f} s) for {r['bytes'] / 1e9:.2f} GB | | | |")

@@ -1,14 +1,19 @@
-r"""python -m gptdist.bench: measured speed of the real training step, the data loader and prepare.
+r"""python -m gptdist.bench: measured speed of the real training step, the data loader, prepare and
+generation.
 
     python -m gptdist.bench train --config configs/bench-cpu-small.yaml --steps 20
     torchrun --nproc_per_node=8 -m gptdist.bench train --config configs/gutenberg-gpt2-124m.yaml
     python -m gptdist.bench data --config configs/bench-cpu-small.yaml
     python -m gptdist.bench prepare --megabytes 64 --workers 2
+    python -m gptdist.bench generate --prompt-tokens 64 --new-tokens 512 --recompute
     python -m gptdist.bench checkpoint --config configs/bench-cpu-small.yaml
     torchrun --nproc_per_node=2 -m gptdist.bench memory --config configs/bench-cpu-small.yaml \
         train.parallel=fsdp
 
-Each prints a table and one JSON line. MFU is computed as training logs it (observe/flops.py):
+Each prints a table and one JSON line. `generate` times gptdist's cached generation beside
+transformers' generate() on the same weights exported (default: OpenAI's GPT-2 124M shape, as
+initialised; --config and overrides, or a checkpoint, for another). MFU is computed as training
+logs it (observe/flops.py):
 6N + 12·L·T·d FLOPs per token against the device's peak, a table of known GPUs (bf16 dense;
 --peak-tflops overrides) or, on a CPU, a matmul timed on the spot in the run's dtype.
 """
@@ -19,8 +24,10 @@ import sys
 
 from . import distributed
 from .arguments import ArgumentParser, input_path, non_negative_int, positive_float, positive_int
+from .checkpoint import pretrained
 from .data import rates
 from .errors import cli
+from .evaluation import decode_costs
 from .training import costs
 
 
@@ -65,6 +72,24 @@ def build_parser() -> ArgumentParser:
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
     prep.add_argument("--megabytes", type=positive_int, default=64)
     prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    gen = sub.add_parser("generate", help="tokens/s, time to first token and memory of generation, beside "
+                                          "transformers'")
+    gen.add_argument("--config", type=input_path,
+                     help="a config whose model section to build (default: GPT-2 124M)")
+    gen.add_argument("overrides", nargs="*", metavar="model.key=value")
+    source = gen.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=input_path, help="a gptdist checkpoint or run folder")
+    source.add_argument("--gpt2", choices=pretrained.gpt2.SIZES, help="OpenAI GPT-2 weights of this size")
+    source.add_argument("--gpt2-dir", type=input_path, help="a folder of OpenAI or Hugging Face files")
+    gen.add_argument("--prompt-tokens", type=positive_int, default=64)
+    gen.add_argument("--new-tokens", type=positive_int, default=512)
+    gen.add_argument("--batch-size", type=positive_int, default=1)
+    gen.add_argument("--repeats", type=positive_int, default=3, help="timed runs of each side, alternating")
+    gen.add_argument("--recompute", action="store_true",
+                     help="also time the book's loop, which recomputes the whole window for every token")
+    gen.add_argument("--no-compile", action="store_true", help="on CUDA, do not compile the one-token step")
+    gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA")
+    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser
 
 
@@ -76,7 +101,8 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     benchmarks = {"train": costs.bench_train, "checkpoint": costs.bench_checkpoint,
-                  "memory": costs.bench_memory, "data": rates.bench_data, "prepare": rates.bench_prepare}
+                  "memory": costs.bench_memory, "data": rates.bench_data, "prepare": rates.bench_prepare,
+                  "generate": decode_costs.bench_generate}
     result = benchmarks[args.what](args)
     if distributed.rank() == 0:
         print_table(result)

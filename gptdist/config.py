@@ -197,6 +197,11 @@ class EvalConfig:
     hellaswag_file: str | None = option(None, NON_EMPTY, path=INPUT)
     # score only the first N items; None: all (10,042 in the validation set)
     hellaswag_items: int | None = option(None, POSITIVE)
+    # lm-evaluation-harness tasks scored at every evaluation (pip install 'gptdist[eval]'); []: none
+    lm_eval_tasks: list[str] = option(factory=list)
+    lm_eval_include_path: str | None = option(None, NON_EMPTY, path=INPUT)  # a folder of lm-eval task YAMLs
+    lm_eval_limit: int | None = option(None, POSITIVE)  # score only the first N items of each task
+    lm_eval_num_fewshot: int | None = option(None, NON_NEGATIVE)  # None: each task's own
 
 
 @dataclass

@@ -53,3 +53,8 @@ def encode(text: str) -> list[int]:
 
 def decode(tokens) -> str:
     return gpt2_encoding().decode(list(tokens))
+
+
+def token_bytes(token: int) -> bytes:
+    """One token's bytes (a character may span several tokens)."""
+    return gpt2_encoding().decode_single_token_bytes(token)

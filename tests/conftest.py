@@ -445,6 +445,39 @@ def write_hellaswag(path: Path, items=HELLASWAG_ITEMS) -> Path:
     return path
 
 
+GENERATION_DOCS = [{"prompt": "I had always thought Jack Gisburn", "answer": "x"},
+                   {"prompt": "Every effort moves you", "answer": "y"},
+                   {"prompt": "The", "answer": "z"}]
+ROLLING_DOCS = [{"text": "I had always thought Jack Gisburn rather a cheap genius."},
+                {"text": VERDICT.read_text()[:1500]}]  # > one window
+
+
+def write_lm_eval_tasks(folder: Path, hellaswag_file: Path) -> Path:
+    """Three tasks in lm-eval's YAML format over local JSONL files: multiple choice (HellaSwag's items),
+    generation until a stop, and rolling log-likelihood (perplexity)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, docs in (("generation", GENERATION_DOCS), ("rolling", ROLLING_DOCS)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+
+    def task(name: str, data: Path, body: str) -> None:
+        (folder / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"test_split: test\n{body}")
+
+    task("local_hellaswag", hellaswag_file,
+         "output_type: multiple_choice\ndoc_to_text: '{{ctx}}'\ndoc_to_choice: '{{endings}}'\n"
+         "doc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    task("local_generation", folder / "generation.jsonl",
+         "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\n"
+         "generation_kwargs:\n  until: ['.', ',']\n  max_gen_toks: 12\n  do_sample: false\n"
+         "metric_list:\n  - metric: exact_match\n")
+    task("local_rolling", folder / "rolling.jsonl",
+         "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+         "  - metric: bits_per_byte\n")
+    return folder
+
+
 def random_hf_gpt2(folder: Path, tie=True, vocab_size=50257, n_positions=64, std=0.1, seed=0):
     """A transformers GPT2LMHeadModel with every tensor random (biases and norms too), saved by
     save_pretrained."""

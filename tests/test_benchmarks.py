@@ -12,6 +12,10 @@ from conftest import REPO
 TINY_GPTDIST = ("train.device=cpu train.precision=fp32 train.compile=false model.n_layers=1 model.emb_dim=16 "
                 "model.n_heads=2 model.context_length=16")
 TINY_NANOGPT = "--device cpu --dtype float32 --no-compile --n-layer 1 --n-embd 16 --n-head 2 --block-size 16"
+# generation: the same tiny shape (of GPT-2's model, or the modern config's), 8 tokens after 8, one run of
+# each side
+TINY_GENERATE = ("--prompt-tokens 8 --new-tokens 8 --repeats 1 --device cpu model.n_layers=1 "
+                 "model.emb_dim=16 model.n_heads=2 model.context_length=16")
 
 
 @pytest.mark.slow
@@ -22,9 +26,9 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
     # use it), as a GPU session makes them one after the other; the shipped config is compared with the
     # single-process runs of its own call.
     env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
-           "NANOGPT_ARGS": TINY_NANOGPT, "GPTDIST_CACHE": str(download_cache), "CURVE_STEPS": "30",
-           "CORPUS_MB": "1", "TOKENS": "200000"}
-    calls = {tmp_path / "compare.jsonl": ["compare", "shipped"],
+           "NANOGPT_ARGS": TINY_NANOGPT, "GENERATE_ARGS": TINY_GENERATE, "GPTDIST_CACHE": str(download_cache),
+           "CURVE_STEPS": "30", "CORPUS_MB": "1", "TOKENS": "200000"}
+    calls = {tmp_path / "compare.jsonl": ["compare", "shipped", "generate"],
              tmp_path / "parts.jsonl": ["fp8", "checkpoint", "fsdp"]}
     scripts = [subprocess.Popen(["bash", "benchmarks/gpu.sh", str(nanogpt), *parts], cwd=REPO,
                                 env={**env, "RESULTS": str(results)}, stdout=subprocess.PIPE,
@@ -63,8 +67,16 @@ def test_gpu_script_writes_a_row_per_run_a_ratio_per_shape_the_fp8_curves_the_sa
     assert all(r["parallel"] == "fsdp" and r["activation_checkpointing"] == "blocks" for r in memory.values())
     assert all(r["state_mb"] > 0 and r["activations_mb"] > 0 and r["ms_per_step"] > 0
                for r in memory.values())
+    generation = {r["shape"]: r for r in rows if r.get("benchmark") == "generate"}
+    kinds = ("", " modern")
+    assert set(generation) == {f"124M{kind} generate b{batch}" for kind in kinds for batch in (1, 8)}
+    for row in generation.values():
+        assert row["gptdist"]["same_tokens"] and row["transformers"]["same_tokens"]
+        assert row["gptdist_recompute"]["same_tokens"] and row["vs_recompute"] > 0 < row["vs_transformers"]
+    assert generation["124M generate b8"]["batch_size"] == 8
     # the table for docs/performance.md
     assert "| 124M mb16 | gptdist |" in stdout
+    assert "| 124M generate b1 | gptdist vs transformers |" in stdout
     assert "| 124M checkpoint | gptdist save | training stopped" in stdout
 
 
@@ -79,7 +91,8 @@ def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tm
     (no_python / "python").chmod(0o755)
     results = tmp_path / "quick.jsonl"
     env = {**os.environ, "BENCH_STEPS": "--steps 2 --warmup 1", "GPTDIST_ARGS": TINY_GPTDIST,
-           "NANOGPT_ARGS": TINY_NANOGPT, "RESULTS": str(results), "TOKENS": "200000",
+           "NANOGPT_ARGS": TINY_NANOGPT, "GENERATE_ARGS": TINY_GENERATE, "RESULTS": str(results),
+           "TOKENS": "200000",
            "PATH": f"{no_python}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", "benchmarks/gpu.sh", str(nanogpt), "quick"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
@@ -92,5 +105,7 @@ def test_gpu_quick_appends_each_row_as_measured_and_never_calls_a_bare_python(tm
                     ("355M mb16", "gptdist"), ("355M mb16", "nanogpt")]  # in the order they ran
     (save,) = [r for r in rows if r["shape"] == "124M checkpoint"]
     assert save["stall_s"] > 0
+    (generation,) = [r for r in rows if r["shape"] == "124M generate b1"]
+    assert generation["gptdist"]["tokens_per_sec"] > 0 and generation["transformers"]["same_tokens"]
     ratios = {(r["shape"], r["label"]) for r in rows if r["label"].startswith("ratio ")}
     assert ("124M mb16", "ratio gptdist / nanogpt") in ratios

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, VERDICT, newest_model, random_hf_gpt2, run_main, run_module, train_args
+from conftest import (
+    REPO,
+    VERDICT,
+    newest_model,
+    random_hf_gpt2,
+    run_main,
+    run_module,
+    train_args,
+    write_hellaswag,
+)
 
 from gptdist import export, tokenizer
 from gptdist.checkpoint import pretrained
+from gptdist.config import PRETRAINED_KEYS
 from gptdist.errors import UserError
 from gptdist.model import hf, sampling
 from gptdist.model.gpt import GPTModel
@@ -70,7 +80,7 @@ def test_a_sharded_hugging_face_folder_loads(tmp_path):
     ({"n_inner": 64}, "n_inner 64 is not GPT-2's"),
     ({"activation_function": "relu"}, "activation_function 'relu' is not GPT-2's"),
     ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon 1e-06 is not GPT-2's"),
-    ({"model_type": "llama"}, "model_type 'llama' is not gpt2"),
+    ({"model_type": "llama"}, "model_type 'llama' is none of gpt2, gpt_neox, gptdist"),
     ({"tie_word_embeddings": False}, "lack tensor 'lm_head.weight'"),
 ])
 def test_what_gptdist_cannot_compute_is_refused_in_one_line(tmp_path, change, message):
@@ -165,49 +175,150 @@ def test_a_pretrained_source_that_disagrees_stops_before_any_work_and_is_left_as
 
 # --- export ----------------------------------------------------------------------------
 
+MODERN = ["model.positions=rotary", "model.norm=rmsnorm", "model.qk_norm=true", "model.activation=relu2",
+          "model.logit_softcap=15", "model.zero_init_projections=true"]
 VARIANTS = {
     "untied-no-qkv-bias-padded": [],  # gptdist's defaults: none of them is GPT-2's
     "tied-qkv-bias": ["model.tie_embeddings=true", "model.qkv_bias=true"],
     "no-bias-sliced": ["model.bias=false", "model.vocab_padding=slice", "model.vocab_multiple=128"],
     "sharded": ["checkpoint.sharded=true"],
+    "zero-init": ["model.zero_init_projections=true"],  # an initialisation: still GPT-2's function
+    # the modern recipe's options, each alone and all together (with a tied head, padding sliced, no
+    # biases and a HellaSwag score for the model card)
+    "rotary": ["model.positions=rotary"],
+    "rotary-tied-no-bias": ["model.positions=rotary", "model.rotary_base=500", "model.tie_embeddings=true",
+                            "model.bias=false"],
+    "rmsnorm": ["model.norm=rmsnorm"],
+    "qk-norm": ["model.qk_norm=true"],
+    "relu2": ["model.activation=relu2"],
+    "soft-cap": ["model.logit_softcap=15"],
+    "modern": [*MODERN, "model.tie_embeddings=true", "model.vocab_padding=slice", "model.bias=false",
+               "eval.hellaswag_interval=3", "eval.hellaswag_items=4"],
 }
+# the transformers class that computes each: GPT-2 unless said here (no transformers class computes the
+# others: they carry gptdist's code)
+CLASSES = {"rotary": "GPTNeoXForCausalLM", "rotary-tied-no-bias": "GPTNeoXForCausalLM",
+           **dict.fromkeys(["rmsnorm", "qk-norm", "relu2", "soft-cap", "modern"], "GPTDistForCausalLM")}
+GPT2_FILES = ["README.md", "config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
+              "vocab.json"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, verdict_data):
     """A short run of each variant: its run folder."""
     runs = {}
+    hellaswag_file = write_hellaswag(tmp_path_factory.mktemp("hellaswag") / "hellaswag.jsonl")
     for name, overrides in VARIANTS.items():
         out = tmp_path_factory.mktemp("export") / name
         result = run_main("gptdist.train",
                           *train_args(verdict_data, out, "train.max_steps=3", "eval.at_start=false",
-                                                          *overrides))
+                                      f"eval.hellaswag_file={hellaswag_file}", *overrides))
         assert result.returncode == 0, result.stderr[-2000:]
         runs[name] = out
     return runs
 
 
+def exported(trained, variant, out, *flags):
+    result = run_main("gptdist.export", "--checkpoint", trained[variant], "--out", out, *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_an_export_loads_in_transformers_with_equal_logits_and_greedy_text(tmp_path, trained, variant,
                                                                            monkeypatch):
-    out = tmp_path / "hf"
-    result = run_main("gptdist.export", "--checkpoint", trained[variant], "--out", out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "model.safetensors",
-                                                     "tokenizer_config.json", "vocab.json"]
+    out = exported(trained, variant, tmp_path / "hf")
+    remote = CLASSES.get(variant) == "GPTDistForCausalLM"
+    code = ["configuration_gptdist.py", "modeling_gptdist.py"] if remote else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(GPT2_FILES + code)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
+    assert type(theirs).__name__ == CLASSES.get(variant, "GPT2LMHeadModel")
     cfg, state = pretrained.from_checkpoint(trained[variant])
     ours = pretrained.load_weights(GPTModel(cfg), state, variant).eval()
     assert_same_logits(ours, theirs)
-    prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
-    expected = sampling.generate(ours, prompt, 20, cfg.context_length)
-    greedy = theirs.generate(prompt, max_new_tokens=20, do_sample=False,
-                             attention_mask=torch.ones_like(prompt))
-    assert greedy[0].tolist()[: expected.shape[1]] == expected[0].tolist()
-    tok = transformers.AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.encode("Every effort moves you")
+    expected = sampling.generate(ours, [prompt], 20, eos_id=None)[0]
+    greedy = theirs.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    assert greedy[0].tolist()[len(prompt) :] == expected
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=remote)
     text = VERDICT.read_text()[:2000]
     assert tok(text)["input_ids"] == tokenizer.encode(text) and tok.eos_token_id == tokenizer.EOT_TOKEN
+    back_cfg, back_state = pretrained.from_gpt2(out)  # --gpt2-dir and model.init_from read it so
+    # GPT-2 and NeoX folders have every bias (zero where the model has none): the same function
+    keys = [key for key in PRETRAINED_KEYS if remote or key not in ("qkv_bias", "bias")]
+    assert {key: getattr(back_cfg, key) for key in keys} == {key: getattr(cfg, key) for key in keys}
+    if remote:
+        assert back_state.keys() == state.keys()
+        assert all(torch.equal(back_state[name], state[name]) for name in state)
+    else:
+        back = pretrained.load_weights(GPTModel(back_cfg), back_state, "back").eval()
+        with torch.no_grad():
+            vocab = cfg.vocab_size
+            torch.testing.assert_close(back(TOKENS)[..., :vocab], ours(TOKENS)[..., :vocab], atol=1e-5,
+                                       rtol=0)
+
+
+def test_a_gptdist_export_loads_where_gptdist_is_not_installed(tmp_path, trained):
+    out = exported(trained, "modern", tmp_path / "hf")
+    blocker = tmp_path / "blocker" / "gptdist"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no gptdist here')\n")
+    code = ("import sys, torch, transformers\n"
+            f"model = transformers.AutoModelForCausalLM.from_pretrained({str(out)!r},\n"
+            "                                                           trust_remote_code=True)\n"
+            "print(model(torch.tensor([[464, 3290, 318]])).logits.shape)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(blocker.parent)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "torch.Size([1, 3, 50257])"
+
+
+def test_a_modern_export_in_bf16_matches_gptdist_in_bf16(tmp_path, trained, monkeypatch):
+    out = exported(trained, "modern", tmp_path / "hf", "--dtype", "bf16")
+    assert {t.dtype for t in load_file(out / hf.WEIGHTS).values()} == {torch.bfloat16}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True,
+                                                               dtype=torch.bfloat16).eval()
+    cfg, state = pretrained.from_checkpoint(trained["modern"])
+    ours = pretrained.load_weights(GPTModel(cfg), state, "modern").eval().to(torch.bfloat16)
+    with torch.no_grad():
+        a, b = ours(TOKENS).float(), theirs(TOKENS).logits.float()
+    # both in bf16 (8 bits of mantissa): within a few of its steps at the logits' scale
+    scale = a.abs().max().item()
+    assert (a - b).abs().max().item() <= 0.02 * scale
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.9
+
+
+def test_the_model_card_says_what_the_model_is_and_how_it_was_trained(tmp_path, trained, verdict_data):
+    card = (exported(trained, "modern", tmp_path / "modern") / "README.md").read_text()
+    rows = [json.loads(line) for line in (trained["modern"] / "metrics.jsonl").read_text().splitlines()]
+    val = [row for row in rows if "val_loss" in row][-1]
+    swag = [row for row in rows if "hellaswag_acc" in row][-1]
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    for line in ("| `positions` | `rotary` |", "| `norm` | `rmsnorm` |", "| `qk_norm` | `True` |",
+                 "| `activation` | `relu2` |", "| `logit_softcap` | `15.0` |",
+                 "| `tie_embeddings` | `True` |",
+                 f"- data: `{verdict_data.name}` (prepared by gptdist.prepare", "- steps: 3",
+                 f"- validation loss: {val['val_loss']:.4f} at step 3",
+                 f"- HellaSwag: acc {swag['hellaswag_acc']:.4f}", "trust_remote_code=True"):
+        assert line in card, line
+    manifest = json.loads((verdict_data / "manifest.json").read_text())
+    assert f"{manifest['splits']['train']['tokens']:,} training tokens" in card
+    plain = (exported(trained, "tied-qkv-bias", tmp_path / "plain") / "README.md").read_text()
+    assert "transformers' GPT-2 (`GPT2LMHeadModel`)" in plain and "trust_remote_code" not in plain
+    assert "HellaSwag" not in plain  # never measured in that run
+
+
+def test_generate_reads_an_export_as_it_reads_the_checkpoint(tmp_path, trained):
+    out = exported(trained, "modern", tmp_path / "hf")
+    greedy = ["--temperature", "0", "--max-new-tokens", "12"]
+    from_export = run_main("gptdist.generate", "--gpt2-dir", out, *greedy)
+    from_checkpoint = run_main("gptdist.generate", "--checkpoint", trained["modern"], *greedy)
+    assert from_export.returncode == 0, from_export.stderr[-2000:]
+    assert from_export.stdout == from_checkpoint.stdout
 
 
 def test_export_in_bf16(tmp_path, trained):
@@ -293,3 +404,31 @@ def test_gptdist_imports_without_the_hugging_face_extras(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"use_parallel_residual": True}, "use_parallel_residual True is not what gptdist's model computes"),
+    ({"rotary_pct": 0.25}, "rotary_pct 0.25 is not what gptdist's model computes"),
+    ({"hidden_act": "relu"}, "hidden_act 'relu' is not what gptdist's model computes"),
+])
+def test_a_gpt_neox_folder_gptdist_cannot_compute_is_refused_in_one_line(tmp_path, trained, change, message):
+    """A Pythia-style NeoX (parallel residual, a quarter of the channels rotated) is not gptdist's model."""
+    out = exported(trained, "rotary", tmp_path / "hf")
+    settings = json.loads((out / hf.CONFIG).read_text())
+    (out / hf.CONFIG).write_text(json.dumps({**settings, **change}))
+    with pytest.raises(UserError, match=message):
+        pretrained.from_gpt2(out)
+
+
+def test_training_starts_from_a_gptdist_export(tmp_path, trained, verdict_data):
+    out = exported(trained, "modern", tmp_path / "hf")
+    run = tmp_path / "continued"
+    tiny_steps = ("optim.lr=1e-12", "schedule.initial_lr=1e-12", "schedule.min_lr=1e-12", "train.max_steps=1",
+                  "optim.weight_decay=0")
+    result = run_main("gptdist.train", *train_args(verdict_data, run, f"model.init_from={out}", *tiny_steps))
+    assert result.returncode == 0, result.stderr[-2000:]
+    start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["config"]["model"]
+    assert start["positions"] == "rotary" and start["norm"] == "rmsnorm" and start["logit_softcap"] == 15
+    source, saved = newest_model(trained["modern"]), newest_model(run)
+    for name in ("trf_blocks.0.att.qkv.weight", "trf_blocks.0.ff.proj.weight", "final_norm.weight"):
+        torch.testing.assert_close(saved[name], source[name], atol=1e-6, rtol=0)

@@ -20,7 +20,7 @@ MAY_IMPORT = {
     "model": {"base", "model"},
     "observe": {"base", "observe"},
     "checkpoint": {"base", "model", "checkpoint"},
-    "evaluation": {"base", "data", "model", "evaluation"},
+    "evaluation": {"base", "data", "model", "observe", "checkpoint", "evaluation"},
     "training": {"base", "data", "model", "observe", "checkpoint", "evaluation", "training"},
     "commands": {"base", "data", "model", "observe", "checkpoint", "evaluation", "training"},
 }

@@ -2,7 +2,15 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, metrics_rows, run_module, torchrun_command, train_args, write_hellaswag
+from conftest import (
+    REPO,
+    metrics_rows,
+    run_module,
+    torchrun_command,
+    train_args,
+    write_hellaswag,
+    write_lm_eval_tasks,
+)
 from wandb_offline import history, run_ids
 
 pytest.importorskip("wandb")
@@ -16,9 +24,12 @@ def offline_runs(out_dir):
 def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(tmp_path, verdict_data):
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40}
+    hellaswag_file = write_hellaswag(tmp_path / "hellaswag.jsonl")
+    tasks = write_lm_eval_tasks(tmp_path / "tasks", hellaswag_file)
     overrides = ("logging.wandb=true", "logging.wandb_project=gptdist-test", "logging.wandb_tags=[ci, tiny]",
                  "logging.interval=2", "eval.interval=4", "eval.hellaswag_interval=4",
-                 f"eval.hellaswag_file={write_hellaswag(tmp_path / 'hellaswag.jsonl')}")
+                 f"eval.hellaswag_file={hellaswag_file}", "eval.lm_eval_tasks=[local_hellaswag]",
+                 f"eval.lm_eval_include_path={tasks}")
     result = subprocess.run(torchrun_command(2,
                                              *train_args(verdict_data, out, "train.max_steps=8", *overrides)),
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
@@ -37,10 +48,14 @@ def test_two_process_offline_run_is_one_run_with_the_history_and_resumes_its_id(
     hellaswag = {r["_step"]: r["hellaswag_acc_norm"] for r in rows if "hellaswag_acc_norm" in r}
     assert hellaswag == {r["step"]: r["hellaswag_acc_norm"] for r in metrics if "hellaswag_acc_norm" in r}
     assert sorted(hellaswag) == [0, 4, 8]
+    acc = "lm_eval/local_hellaswag/acc"
+    lm_eval = {r["_step"]: r[acc] for r in rows if acc in r}
+    assert lm_eval == {r["step"]: r[acc] for r in metrics if "lm_eval_s" in r}
+    assert sorted(lm_eval) == [0, 4, 8]
     # eval.at_start: the curve starts at the initial loss
     assert min(r["_step"] for r in rows if "val_loss" in r) == 0
     media = {key.split("/")[0] for row in rows for key in row if "/" in key}  # stored as nested keys
-    assert media == {"samples", "loss_plot"}
+    assert media == {"samples", "loss_plot", "lm_eval"}
     tables = [row for row in rows if "samples/_type" in row]
     assert [t["samples/_type"] for t in tables] == ["table-file"] * 3 and tables[-1]["samples/nrows"] == 3
     (run_id,) = run_ids(log)

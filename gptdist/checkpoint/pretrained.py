@@ -9,6 +9,7 @@ model.init_from all come through here.
 """
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,13 +49,22 @@ def unpadded(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
 
 
 def from_checkpoint(path: str | Path) -> Weights:
-    payload = store.read(checkpoint_file(path))
+    cfg, state, _ = read_checkpoint(path)
+    return cfg, state
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """The checkpoint's architecture, weights, and record: its file, step, tokens seen and run config."""
+    file = checkpoint_file(path)
+    payload = store.read(file)
     cfg = config.build({"model": payload["config"]["model"]}).model
+    record = {"file": file, "step": payload.get("step"), "tokens_seen": payload.get("tokens_seen"),
+              "config": payload["config"]}
     if payload.get("sharded"):  # torch.distributed.checkpoint loads into a model's tensors in place
         model = GPTModel(cfg)
         sharded.load_model(Path(payload["sharded"]), model)
-        return cfg, unpadded(model.state_dict(), cfg)
-    return cfg, unpadded(payload["model"], cfg)
+        return cfg, unpadded(model.state_dict(), cfg), record
+    return cfg, unpadded(payload["model"], cfg), record
 
 
 def from_gpt2(name_or_dir: str | Path) -> Weights:
@@ -68,7 +78,7 @@ def from_gpt2(name_or_dir: str | Path) -> Weights:
     if hf.is_hf_folder(folder):
         return hf.read(folder)
     raise UserError(f"{name_or_dir} is neither a GPT-2 size ({', '.join(gpt2.SIZES)}) nor a folder of OpenAI "
-                    f"(hparams.json) or Hugging Face ({hf.CONFIG}, {hf.WEIGHTS}) GPT-2 files")
+                    f"(hparams.json) or Hugging Face ({hf.CONFIG}, {hf.WEIGHTS}) files")
 
 
 def is_gpt2(spec: str | Path) -> bool:
@@ -148,9 +158,11 @@ def load_weights(model: GPTModel, state: dict[str, torch.Tensor], source: str) -
 
 def fitted(model: GPTModel, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """The weights as `model`'s state dict: positions cut to its context, vocabulary rows padded, a tied
-    head named twice; every name and shape checked (a model on the meta device will do)."""
+    head named twice; every name and shape checked (a model on the meta device will do). The caller's
+    `state` is left as it was."""
+    state = dict(state)
     if "pos_emb.weight" in state:  # learned positions (model.positions), cut to the model's context
-        state = {**state, "pos_emb.weight": state["pos_emb.weight"][: model.cfg.context_length]}
+        state["pos_emb.weight"] = state["pos_emb.weight"][: model.cfg.context_length]
     for name in ("tok_emb.weight", "out_head.weight"):
         rows = state.get(name)
         if rows is not None and rows.shape[0] < model.padded_vocab:
@@ -183,17 +195,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--gpt2", choices=gpt2.SIZES, help="OpenAI GPT-2 weights of this size (downloaded, "
                                                            "cached)")
     source.add_argument("--gpt2-dir", type=input_path,
-                        help="a folder of OpenAI GPT-2 files or a Hugging Face GPT-2 folder")
+                        help="a folder of OpenAI GPT-2 files, or a Hugging Face folder (GPT-2 or a gptdist "
+                             "export)")
 
 
-def weights_from_arguments(args: argparse.Namespace) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
-    """(architecture, weights, a name of their source for messages) of --checkpoint / --gpt2 / --gpt2-dir."""
+@dataclass
+class Pretrained:
+    """The weights of --checkpoint / --gpt2 / --gpt2-dir: their architecture, a name of their source for
+    messages, and of a checkpoint its record (read_checkpoint)."""
+
+    cfg: ModelConfig
+    state: dict[str, torch.Tensor]
+    source: str
+    record: dict | None = None
+
+
+def weights_from_arguments(args: argparse.Namespace) -> Pretrained:
     if args.checkpoint:
-        return *from_checkpoint(args.checkpoint), str(args.checkpoint)
+        cfg, state, record = read_checkpoint(args.checkpoint)
+        return Pretrained(cfg, state, str(args.checkpoint), record)
     spec = args.gpt2 or args.gpt2_dir
-    return *from_gpt2(spec), str(spec)
+    return Pretrained(*from_gpt2(spec), str(spec))
 
 
 def model_from_arguments(args: argparse.Namespace, device: torch.device) -> GPTModel:
-    cfg, state, source = weights_from_arguments(args)
-    return load_weights(GPTModel(cfg), state, source).to(device).eval()
+    weights = weights_from_arguments(args)
+    return load_weights(GPTModel(weights.cfg), weights.state, weights.source).to(device).eval()

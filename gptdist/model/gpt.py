@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig, check_model_shape
 from . import capped_loss
+from .kv_cache import KVCache, LayerCache
 from .loss import IGNORE_INDEX, next_token_loss
 
 STD = 0.02  # GPT-2's init of every weight matrix
@@ -64,16 +65,23 @@ class Rotary(nn.Module):
         angles = torch.outer(torch.arange(self.context_length, dtype=torch.float64), frequencies)
         return angles.cos().float(), angles.sin().float()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, heads, tokens, head_dim), rotated by each token's position."""
-        tokens = x.shape[-2]
-        cos, sin = self.cos[:tokens].to(x.dtype), self.sin[:tokens].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (batch, heads, tokens, head_dim), rotated by each token's position: 0, 1, ... or, generating
+        with a cache, `positions` (batch, tokens)."""
+        if positions is None:
+            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+        else:
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         first, second = x.chunk(2, dim=-1)
         return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU)."""
+    """Causal multi-head self-attention through scaled_dot_product_attention (flash kernels on GPU).
+
+    Generating with a cache, the new tokens attend to the cached keys and values too, under the
+    cache's mask (which keeps left padding out)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -89,17 +97,25 @@ class MultiHeadAttention(nn.Module):
         init_linear(self.qkv, STD)
         init_linear(self.out_proj, residual_std)  # its output joins the residual stream
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         batch, tokens, dim = x.shape
         # (b, t, 3*d) -> 3 x (b, heads, t, head_dim)
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
         if self.qk_norm:  # unit RMS per head: the scores' scale no longer grows with the weights
             q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        context = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+            positions = cache.cache.positions if cache is not None else None
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is None:
+            context = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            k, v = cache.extend(k, v)
+            mask = cache.cache.mask
+            # no mask: the new tokens see every cached key, and causally each other (the last `tokens` keys)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                     is_causal=mask is None and tokens > 1)
         return self.out_proj(context.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -142,8 +158,8 @@ class TransformerBlock(nn.Module):
         self.norm2.reset_parameters()
         self.ff.init_weights(residual_std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -256,18 +272,30 @@ class GPTModel(nn.Module):
                 module.reset_buffers()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                reduction: str = "mean") -> torch.Tensor:
+                reduction: str = "mean", cache: KVCache | None = None) -> torch.Tensor:
         """The logits of every position (batch, tokens, vocabulary: LogitHead); given `targets`, the
         next-token loss instead ("mean", "sum", or "none": one per position). What training and evaluation
-        compile and wrap is this forward with targets: the loss in the model's graph."""
+        compile and wrap is this forward with targets: the loss in the model's graph.
+
+        Given a `cache` (generation) made ready for them (`KVCache.begin`), `idx` are the tokens after
+        those it holds, which they attend to, and the logits are the last position's alone (batch, 1,
+        vocabulary): the next token's, all that generation samples from."""
         tokens = idx.shape[1]
         if tokens > self.cfg.context_length:
             raise ValueError(f"sequence of {tokens} tokens exceeds the context length "
                              f"{self.cfg.context_length}")
+        positions = cache.positions if cache is not None else torch.arange(tokens, device=idx.device)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(tokens, device=idx.device))
-        x = self.final_norm(self.trf_blocks(self.drop_emb(x)))
+            x = x + self.pos_emb(positions)
+        x = self.drop_emb(x)
+        if cache is None:
+            x = self.trf_blocks(x)
+        else:
+            for block, layer_cache in zip(self.trf_blocks, cache.layers, strict=True):
+                x = block(x, layer_cache)
+            x = x[:, -1:]
+        x = self.final_norm(x)
         return self.out_head(x) if targets is None else self.out_head.loss(x, targets, reduction)
 
     def num_params(self) -> int:

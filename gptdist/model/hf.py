@@ -1,11 +1,15 @@
-"""Hugging Face GPT-2 folders: read one into gptdist, write one from gptdist's weights.
+"""Hugging Face folders: read one into gptdist, write one from gptdist's weights.
 
-A folder as `huggingface-cli download gpt2` or `GPT2LMHeadModel.save_pretrained` leaves it:
+A GPT-2 folder as `huggingface-cli download gpt2` or `GPT2LMHeadModel.save_pretrained` leaves it:
 config.json (model_type gpt2) and model.safetensors, or shards listed in
-model.safetensors.index.json. Reading and writing need safetensors only, not transformers.
-Tensor names come from gpt2.TENSORS, the table OpenAI's checkpoints are read with too. A
-folder gptdist writes also holds GPT-2's tokenizer (vocab.json, merges.txt,
-tokenizer_config.json), so that AutoModelForCausalLM and AutoTokenizer load it offline.
+model.safetensors.index.json. Tensor names come from gpt2.TENSORS, the table OpenAI's checkpoints
+are read with too. A model with rotary positions and GPT-2's other choices is written as
+transformers' GPT-NeoX (hf_neox.py); one that no transformers architecture computes (RMSNorm,
+QK-norm, ReLU², a soft-cap) with gptdist's own modelling code (model_type gptdist: hf_remote.py).
+Reading and writing need safetensors only, not transformers. A folder gptdist writes also holds
+GPT-2's tokenizer (vocab.json, merges.txt, tokenizer_config.json) and a model card (README.md), so
+that AutoModelForCausalLM and AutoTokenizer load it offline and `huggingface-cli upload` is all that
+remains.
 """
 
 import json
@@ -17,13 +21,14 @@ import torch
 from ..config import ModelConfig
 from ..errors import UserError
 from ..tokenizer import BPE_FILES, EOT_TOKEN, GPT2_VOCAB_SIZE, bpe_files
-from . import gpt2
+from . import gpt2, hf_neox, hf_remote
 
 EOT_TEXT = "<|endoftext|>"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+MODEL_CARD = "README.md"
 # Buffers some GPT-2 files carry besides the weights: the causal mask, rebuilt by every model.
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 # What GPTModel computes, as GPT-2 config values; a file asking for anything else is refused.
@@ -45,13 +50,17 @@ def is_hf_folder(folder: Path) -> bool:
     return (folder / CONFIG).is_file() and weights
 
 
-def _read_config(folder: Path) -> ModelConfig:
+def _read_config(folder: Path) -> tuple[ModelConfig, str]:
+    """The folder's architecture and model_type (gpt2 or gptdist)."""
     path = folder / CONFIG
     try:
         hp = json.loads(path.read_text())
+        for other in (hf_remote, hf_neox):
+            if hp.get("model_type") == other.MODEL_TYPE:
+                return other.read_config(hp, path), other.MODEL_TYPE
         if hp.get("model_type") != "gpt2":
-            raise UserError(f"{path}: model_type {hp.get('model_type')!r} is not gpt2; "
-                            "only GPT-2 models load")
+            raise UserError(f"{path}: model_type {hp.get('model_type')!r} is none of gpt2, gpt_neox, "
+                            "gptdist; only those load")
         cfg = gpt2.architecture(hp["vocab_size"], hp["n_positions"], hp["n_embd"], hp["n_head"],
                                 hp["n_layer"], tie_embeddings=hp.get("tie_word_embeddings", True))
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -69,7 +78,7 @@ def _read_config(folder: Path) -> ModelConfig:
     if not math.isclose(hp.get("layer_norm_epsilon", LAYER_NORM_EPS), LAYER_NORM_EPS):
         raise UserError(f"{path}: layer_norm_epsilon {hp['layer_norm_epsilon']} is not GPT-2's "
                         f"{LAYER_NORM_EPS}")
-    return cfg
+    return cfg, "gpt2"
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -90,9 +99,12 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def read(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The architecture and fp32 weights (GPTModel's names) of the GPT-2 in a Hugging Face folder."""
+    """The architecture and fp32 weights (GPTModel's names) of the model in a Hugging Face folder."""
     folder = Path(folder)
-    cfg = _read_config(folder)
+    cfg, model_type = _read_config(folder)
+    for other in (hf_remote, hf_neox):
+        if model_type == other.MODEL_TYPE:
+            return cfg, other.weights(cfg, _read_tensors(folder), folder)
     # save_pretrained of GPT2LMHeadModel prefixes "transformer."; the hub's gpt2 files were saved without it.
     tensors = {name if name.startswith(("transformer.", gpt2.HF_HEAD)) else "transformer." + name: tensor
                for name, tensor in _read_tensors(folder).items() if not name.endswith(MASK_BUFFERS)}
@@ -148,20 +160,27 @@ def hf_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor],
     return {name: tensor.detach().to(dtype).contiguous() for name, tensor in tensors.items()}
 
 
-# The model options a transformers GPT-2 computes only at their defaults (GPT-2's own); no transformers
-# architecture computes a GPTModel with any of them changed (nanochat's has no norm gains and norms
-# the embeddings).
+# The model options a transformers GPT-2 computes only at their defaults (GPT-2's own).
 FUNCTION_KEYS = ("positions", "norm", "qk_norm", "activation", "logit_softcap")
+# What an export of a model is, by the transformers class that computes its function. No transformers
+# architecture computes RMSNorm, QK-norm, ReLU² or a soft-cap together with the rest of gptdist's model
+# (Llama's MLP is gated, its norm's epsilon sits elsewhere; nanochat's norms have no gains).
+ARCHITECTURES = {"gpt2": "transformers' GPT-2 (`GPT2LMHeadModel`)",
+                 hf_neox.MODEL_TYPE: "transformers' GPT-NeoX (`GPTNeoXForCausalLM`)",
+                 hf_remote.MODEL_TYPE: "gptdist's own architecture (its modelling code is in this folder: "
+                                       "`modeling_gptdist.py`, loaded with trust_remote_code=True)"}
+
+
+def architecture(cfg: ModelConfig) -> str:
+    """The model_type an export of `cfg` has: gpt2, gpt_neox, or gptdist (its own code)."""
+    gpt2_model = ModelConfig()
+    if all(getattr(cfg, key) == getattr(gpt2_model, key) for key in FUNCTION_KEYS):
+        return "gpt2"
+    return hf_neox.MODEL_TYPE if hf_neox.computes(cfg) else hf_remote.MODEL_TYPE
 
 
 def check_exportable(cfg: ModelConfig) -> None:
-    """Refuse, in one line, what a transformers GPT-2 with GPT-2's tokenizer cannot be faithfully."""
-    gpt2_model = ModelConfig()
-    for key in FUNCTION_KEYS:
-        if getattr(cfg, key) != getattr(gpt2_model, key):
-            raise UserError(f"model.{key} is {getattr(cfg, key)!r}: a transformers GPT-2 computes only "
-                            f"{getattr(gpt2_model, key)!r}, and no other transformers architecture computes "
-                            "this model's function; it cannot be exported")
+    """Refuse, in one line, what cannot go out with GPT-2's tokenizer."""
     if cfg.vocab_size < GPT2_VOCAB_SIZE:
         raise UserError(f"model.vocab_size {cfg.vocab_size} is smaller than the GPT-2 tokenizer's "
                         f"{GPT2_VOCAB_SIZE} tokens: the exported tokenizer would produce ids the model lacks")
@@ -177,18 +196,28 @@ def tokenizer_files(context_length: int) -> dict[str, bytes]:
 
 def files_not_exported(folder: Path) -> list[str]:
     """The entries of `folder` that an export never writes (`write`'s files are config.json,
-    model.safetensors and the tokenizer's)."""
-    exported = {CONFIG, WEIGHTS, TOKENIZER_CONFIG, *BPE_FILES}
+    model.safetensors, the tokenizer's, the model card and the modelling code)."""
+    exported = {CONFIG, WEIGHTS, TOKENIZER_CONFIG, MODEL_CARD, *BPE_FILES, *hf_remote.CODE_FILES}
     return sorted(entry.name for entry in folder.iterdir()
                   if entry.name not in exported or not entry.is_file())
 
 
 def write(folder: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
-          tokenizer: dict[str, bytes]) -> None:
-    """config.json and model.safetensors of the GPT-2 `cfg`/`state`, and the `tokenizer` files
-    (`tokenizer_files`), into the (new) `folder`."""
+          tokenizer: dict[str, bytes], card: str) -> None:
+    """config.json and model.safetensors of `cfg`/`state` (as `architecture` says: GPT-2, GPT-NeoX, or
+    gptdist's modelling code beside them), the `tokenizer` files (`tokenizer_files`) and the model
+    `card`, into the (new) `folder`."""
     save_file = safetensors_torch().save_file
-    (folder / CONFIG).write_text(json.dumps(config_json(cfg, dtype), indent=2) + "\n")
-    save_file(hf_tensors(cfg, state, dtype), folder / WEIGHTS, metadata={"format": "pt"})
-    for name, content in tokenizer.items():
+    kind = architecture(cfg)
+    if kind == "gpt2":
+        config, tensors, code = config_json(cfg, dtype), hf_tensors(cfg, state, dtype), {}
+    elif kind == hf_neox.MODEL_TYPE:
+        config, tensors, code = hf_neox.config_json(cfg, dtype), hf_neox.hf_tensors(cfg, state, dtype), {}
+    else:
+        config, tensors = hf_remote.config_json(cfg, dtype), hf_remote.hf_tensors(state, dtype)
+        code = hf_remote.code_files()
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, folder / WEIGHTS, metadata={"format": "pt"})
+    for name, content in {**tokenizer, **code}.items():
         (folder / name).write_bytes(content)
+    (folder / MODEL_CARD).write_text(card)

@@ -1,5 +1,6 @@
 """What a run checks before it takes its run.out_dir or does any work: every input it names exists, the
-data fits the model, the parallel form can run here, the optional packages it asks for are installed.
+data fits the model, the parallel form can run here, the optional packages it asks for are installed,
+the lm-eval tasks it names exist.
 
 Each failure is one line naming the key, and nothing has been written. (config.py has already
 checked every key on its own and the model's shape; what needs the data or the processes is here.)
@@ -17,6 +18,7 @@ from ..data.loader import StepLoader
 from ..data.windows import TokenWindows
 from ..distributed import Dist
 from ..errors import UserError
+from ..evaluation import harness
 from ..observe.tracking import require_wandb
 from . import float8, precision
 from .parallelize import check_supported
@@ -39,6 +41,8 @@ def _check(cfg: Config, ctx: Dist) -> None:
         float8.require_torchao()
     if cfg.logging.wandb:
         require_wandb()
+    if cfg.eval.lm_eval_tasks:  # lm-eval installed, and every task one it knows
+        harness.task_manager(tuple(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_include_path)
     _check_data(cfg, ctx, fresh)
 
 

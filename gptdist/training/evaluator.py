@@ -1,4 +1,5 @@
-"""What a run measures besides its training loss: the loss on both splits, a sample, and HellaSwag.
+"""What a run measures besides its training loss: the loss on both splits, a sample, HellaSwag, and
+lm-evaluation-harness tasks.
 
 Every rank takes part in each (under fsdp every forward gathers the weights from all of them)
 and gets the same result; the Trainer hands it to the RunLog, which records it on rank 0.
@@ -11,7 +12,7 @@ from torch import nn
 from ..config import Config
 from ..data.windows import TokenWindows
 from ..distributed import Dist
-from ..evaluation import hellaswag
+from ..evaluation import harness, hellaswag
 from ..evaluation.perplexity import evaluate_loss, perplexity
 from ..model.sampling import complete, prompt_ids
 
@@ -27,6 +28,10 @@ class Evaluator:
         self.hellaswag_items = None  # tokenized once, now: offline, an error now and not at the first score
         if cfg.eval.hellaswag_interval:
             self.hellaswag_items = hellaswag.load(cfg.eval.hellaswag_file, cfg.eval.hellaswag_items, ctx)
+        self.lm_eval_tasks = None  # found now: a missing lm-eval or an unknown task stops the run before work
+        if cfg.eval.lm_eval_tasks:
+            self.lm_eval_tasks = harness.task_manager(tuple(cfg.eval.lm_eval_tasks),
+                                                      cfg.eval.lm_eval_include_path)
 
     def losses(self) -> tuple[float, float]:
         """Train and val loss on eval.batches batches of each split, through the compiled training loss."""
@@ -49,6 +54,17 @@ class Evaluator:
         with self.autocast:
             return complete(self.model, sample.prompt, sample.max_new_tokens, sample.temperature,
                             sample.top_k, self.cfg.run.seed, self.ctx.device)
+
+    def lm_eval(self) -> dict | None:
+        """eval.lm_eval_tasks' scores now (lm_eval/TASK/METRIC, every rank scoring its share); None without
+        them."""
+        if self.lm_eval_tasks is None:
+            return None
+        evaluation = self.cfg.eval
+        output = harness.run(self.model, self.lm_eval_tasks, evaluation.lm_eval_tasks, self.ctx,
+                             self.autocast, self.cfg.train.micro_batch_size, evaluation.lm_eval_limit,
+                             evaluation.lm_eval_num_fewshot, sharded=self.cfg.train.parallel == "fsdp")
+        return {**harness.scores(output["results"]), "lm_eval_s": output["seconds"]}
 
     def hellaswag(self) -> dict | None:
         """HellaSwag accuracy of the model now (every rank scores its share); None without

@@ -83,6 +83,14 @@ class RunLog:
                f"acc_norm {row['hellaswag_acc_norm']:.4f} ({row['hellaswag_items']} items, "
                f"{row['hellaswag_s']:.1f} s)")
 
+    def lm_eval(self, row: dict) -> None:
+        if self.metrics is None:
+            return
+        self._record(row)
+        shown = " | ".join(f"{key.removeprefix('lm_eval/')} {value:.4f}" for key, value in row.items()
+                           if key.startswith("lm_eval/") and not key.endswith("_stderr"))
+        print0(f"lm-eval step {row['step']}: {shown} ({row['lm_eval_s']:.1f} s)")
+
     def saved(self, saved: Saved | None) -> None:
         """A checkpoint that is on disk now, and what it cost."""
         if saved is None:

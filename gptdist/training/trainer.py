@@ -176,6 +176,9 @@ class Trainer:
         elapsed = round(self.throughput.elapsed(), 3)  # when it began: loss against time (benchmarks/)
         row, sample = self.evaluator.evaluate()
         self.log.evaluation({**self._position(), "elapsed_s": elapsed, **row}, sample)
+        scores = self.evaluator.lm_eval()
+        if scores is not None:
+            self.log.lm_eval({**self._position(), **scores})
 
     def _score_hellaswag(self) -> None:
         scores = self.evaluator.hellaswag()
