@@ -3,6 +3,12 @@
 import numpy as np
 
 from ..errors import UserError
+from .order import FeistelOrder
+
+# How an epoch's order is made, named in the sampler's state: "feistel" computes each step's samples on
+# the fly (order.py; memory the same for any corpus); "permutation", the order of checkpoints written
+# before it, held the epoch's whole permutation (4 bytes a sample) and is kept for them.
+ORDERS = ("feistel", "permutation")
 
 
 class DistributedStepSampler:
@@ -13,6 +19,7 @@ class DistributedStepSampler:
     in the permutation is the state, so a resumed run continues with the next
     unseen sample even on another world size (the global batch stays the same).
     A final partial global batch of an epoch is dropped, as DistributedSampler's drop_last.
+    The permutation is computed for the positions a step takes (ORDERS), never held whole.
     """
 
     def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int):
@@ -23,18 +30,22 @@ class DistributedStepSampler:
         self.steps_per_epoch = num_samples // global_batch
         self.epoch = 0
         self.position = 0  # samples of this epoch's order already consumed, by all ranks together
-        self._order: np.ndarray | None = None
+        self.kind = ORDERS[0]
+        self._order: FeistelOrder | np.ndarray | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.position, self._order = epoch, 0, None
 
-    def order(self) -> np.ndarray:
-        """This epoch's global sample order (compact dtype: memory is 4 bytes a sample)."""
+    def order(self) -> FeistelOrder | np.ndarray:
+        """This epoch's global sample order, indexed by position slices."""
         if self._order is None:
-            dtype = np.uint32 if self.num_samples < 2**32 else np.int64
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self._order = rng.permutation(self.num_samples).astype(dtype, copy=False)
+            if self.kind == "feistel":
+                self._order = FeistelOrder(self.num_samples, self.seed, self.epoch)
+            else:  # a checkpoint's earlier order: the whole permutation (compact: 4 bytes a sample)
+                dtype = np.uint32 if self.num_samples < 2**32 else np.int64
+                rng = np.random.default_rng([self.seed, self.epoch])
+                self._order = rng.permutation(self.num_samples).astype(dtype, copy=False)
         return self._order
 
     def epoch_done(self) -> bool:
@@ -51,7 +62,7 @@ class DistributedStepSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_samples": self.num_samples}
+                "num_samples": self.num_samples, "order": self.kind}
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_samples"] != self.num_samples or state["seed"] != self.seed:
@@ -61,3 +72,8 @@ class DistributedStepSampler:
                 "changed"
             )
         self.epoch, self.position, self._order = state["epoch"], state["position"], None
+        kind = state.get("order", "permutation")  # a state without one was written in that order
+        if kind not in ORDERS:
+            raise UserError(f"the checkpoint's data order {kind!r} is none this gptdist knows "
+                            f"({', '.join(ORDERS)}); resume it with the gptdist that wrote it")
+        self.kind = kind
