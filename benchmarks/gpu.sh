@@ -9,7 +9,8 @@
 #   compare  GPT-2 124M at micro-batch 16, 32 and 64, 355M at 16: nanoGPT and gptdist alternating
 #   shipped  configs/gutenberg-gpt2-124m.yaml as shipped, under torchrun --nproc_per_node=1
 #   modes    torch.compile modes (max-autotune, CUDA graphs) and no compile, 124M at micro-batch 32
-#   model    model options, 124M at micro-batch 32: biases on, padded logits sliced, no padding, tied head
+#   model    model options, 124M at micro-batch 32: biases on, padded logits sliced, no padding, tied head;
+#            the modern recipe with model.document_mask (FlexAttention) and with data.windows documents
 #   fp8      FP8 matmuls (torchao) on 355M at micro-batch 16: speed, and a loss curve beside bf16 where
 #            a corpus can be prepared (The Verdict in $GPTDIST_CACHE, tiktoken's files in $TIKTOKEN_CACHE_DIR)
 #   checkpoint  what a save of 124M costs training: blocking vs background (gptdist.bench checkpoint)
@@ -121,7 +122,14 @@ for part in $PARTS; do
       record "124M mb32" gptdist gptdist $SMALL train.micro_batch_size=32
       for option in model.bias=true model.vocab_padding=slice model.vocab_multiple=1 model.tie_embeddings=true; do
         record "124M mb32" "gptdist $option" gptdist $SMALL train.micro_batch_size=32 $option
-      done ;;
+      done
+      # the document options' cost on the modern recipe: FlexAttention under the block-causal mask, and
+      # the packing of document-aligned windows (the timing tokens hold an <|endoftext|> every ~50k)
+      record "124M mb32 modern" "gptdist modern" gptdist $MODERN train.micro_batch_size=32
+      record "124M mb32 modern" "gptdist modern model.document_mask=true" gptdist $MODERN \
+        train.micro_batch_size=32 model.document_mask=true
+      record "124M mb32 modern" "gptdist modern data.windows=documents" gptdist $MODERN \
+        train.micro_batch_size=32 data.windows=documents ;;
     fp8)
       record "355M mb16" gptdist gptdist $MEDIUM train.micro_batch_size=16
       for recipe in tensorwise rowwise; do

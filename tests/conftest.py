@@ -201,6 +201,27 @@ def verdict_data(tmp_path_factory, worker_id, download_cache) -> Path:
     return made_once(tmp_path_factory, worker_id, "data", prepare) / "verdict"
 
 
+def write_paragraphs(folder: Path) -> Path:
+    """The Verdict's paragraphs, one file (one document) each: a corpus of 83 documents of 5 to 200 tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "tests" / "data" / "the-verdict.txt").read_text()
+    for number, paragraph in enumerate(p for p in text.split("\n\n") if p.strip()):
+        (folder / f"paragraph-{number:03d}.txt").write_text(paragraph)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def paragraphs_data(tmp_path_factory, worker_id) -> Path:
+    """The Verdict's paragraphs prepared as 83 documents (once per session)."""
+
+    def prepare(folder: Path) -> None:
+        result = run_module("gptdist.prepare", "--input", write_paragraphs(folder / "text"), "--out",
+                            folder / "paragraphs", "--workers", "1")
+        assert result.returncode == 0, result.stderr
+
+    return made_once(tmp_path_factory, worker_id, "paragraphs", prepare) / "paragraphs"
+
+
 TINY = ["model.emb_dim=32", "model.n_heads=2", "model.n_layers=1", "model.context_length=32",
         "train.micro_batch_size=4", "eval.batches=2", "sample.max_new_tokens=5"]
 

@@ -301,7 +301,7 @@ def test_the_model_card_says_what_the_model_is_and_how_it_was_trained(tmp_path, 
     for line in ("| `positions` | `rotary` |", "| `norm` | `rmsnorm` |", "| `qk_norm` | `True` |",
                  "| `activation` | `relu2` |", "| `logit_softcap` | `15.0` |",
                  "| `tie_embeddings` | `True` |",
-                 f"- data: `{verdict_data.name}` (prepared by gptdist.prepare", "- steps: 3",
+                 f"- data: `{verdict_data.name}`: prepared by gptdist.prepare", "- steps: 3",
                  f"- validation loss: {val['val_loss']:.4f} at step 3",
                  f"- HellaSwag: acc {swag['hellaswag_acc']:.4f}", "trust_remote_code=True"):
         assert line in card, line

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PYTHON, VERDICT, forked_pid, run_main, run_module, wait_for_exit
+from conftest import PYTHON, VERDICT, run_main, run_module, wait_for_exit
 
 from gptdist.data import corpus, shards
 from gptdist.errors import UserError
@@ -244,7 +244,8 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"good text \xff\xfe more text")
     result = prepare("--input", tmp_path / "bad.txt", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    assert "1 file(s) had undecodable bytes, 2 replaced with U+FFFD" in result.stdout
+    said = f"1 file(s) had undecodable bytes, 2 replaced with U+FFFD ({tmp_path / 'bad.txt'})"
+    assert said in result.stdout
 
 
 def test_overwrite_replaces_only_when_asked(tmp_path):
@@ -257,29 +258,57 @@ def test_overwrite_replaces_only_when_asked(tmp_path):
     assert decode(tokens[:-1].tolist()).startswith("second corpus")
 
 
-def test_killed_prepare_leaves_no_manifest(tmp_path):
+def folder_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_killed_prepare_resumes_and_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path):
     docs = tmp_path / "docs"
     write_docs(docs, 3000, words=400)
     out = tmp_path / "out"
-    proc = subprocess.Popen([PYTHON, "-m", "gptdist.prepare", "--input", str(docs), "--out", str(out),
-                             "--workers", "1", "--shard-tokens", "2000"], stderr=subprocess.PIPE,
-                             env=os.environ)
+    arguments = ["--input", docs, "--out", out, "--workers", "1", "--shard-tokens", "20000"]
+    proc = subprocess.Popen([PYTHON, "-m", "gptdist.prepare", *map(str, arguments)], stderr=subprocess.PIPE,
+                            env=os.environ)
+    record = tmp_path / ".out.partial" / "progress.json"
     deadline = time.time() + 60
-    while not list(tmp_path.glob(".out.tmp-*/train-0000[2-9].bin")):  # several shards written: halfway
+    while not (record.exists() and json.loads(record.read_text())["documents"] >= 600):  # several shards
         assert proc.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
-        time.sleep(0.05)
-    killed = forked_pid(proc)  # the process that made the temporary folder
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_for_exit([proc.pid])
-    assert not out.exists()
-    assert not list(tmp_path.rglob("manifest.json"))
-    (stale,) = tmp_path.glob(".out.tmp-*")
-    again = prepare("--input", docs, "--out", out, "--workers", "1")  # the next run into the same --out
+    assert not out.exists() and not list(tmp_path.rglob("manifest.json"))
+    done = json.loads(record.read_text())["documents"]
+    again = prepare(*arguments)  # the same command again
     assert again.returncode == 0, again.stderr
-    removed = f"removed {stale.name}, left by a process that did not finish (process {killed} is gone)"
-    assert removed in again.stdout
-    assert not list(tmp_path.glob(".out.*")) and shards.read_manifest(out)
+    assert f"resuming a prepare killed after {done:,} documents" in again.stderr
+    assert not list(tmp_path.glob(".out.*")) and shards.verify(out)
+    whole = prepare(*arguments[:3], tmp_path / "whole", *arguments[4:])
+    assert whole.returncode == 0, whole.stderr
+    assert folder_bytes(out) == folder_bytes(tmp_path / "whole")  # shards and manifest, byte for byte
+    # other arguments into the same --out do not resume what another command left
+    (tmp_path / ".other.partial").mkdir()
+    (tmp_path / ".other.partial" / "train-00000.bin").write_bytes(b"left by another prepare")
+    result = prepare("--input", docs / "doc0001.txt", "--out", tmp_path / "other")
+    assert result.returncode == 0 and "resuming" not in result.stderr and shards.verify(tmp_path / "other")
+
+
+def test_files_that_are_not_text_or_have_undecodable_bytes_are_named(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 3)
+    for i in range(7):
+        (docs / f"latin1-{i}.txt").write_bytes(b"caf\xe9 au lait " * 3)
+    for i in range(2):
+        (docs / f"image-{i}.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    result = prepare("--input", docs, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    first = ", ".join(str(docs / f"latin1-{i}.txt") for i in range(5))
+    assert f"7 file(s) had undecodable bytes, 21 replaced with U+FFFD ({first} and 2 more)" in result.stdout
+    images = f"{docs / 'image-0.txt'}, {docs / 'image-1.txt'}"
+    assert f"skipped 2 file(s): not text (NUL bytes) ({images})" in result.stdout
+    source = shards.read_manifest(tmp_path / "out").raw["source"]
+    assert source["skipped"] == {"not text (NUL bytes)": 2}
+    assert len(source["examples"]["undecodable bytes"]) == 5
 
 
 def test_a_folder_killed_while_being_replaced_is_put_back(tmp_path):
@@ -338,3 +367,72 @@ def test_shard_paths_must_be_file_names_inside_the_folder(tmp_path, verdict_data
         shards.read_manifest(data)
     assert f"shard path {forged!r} is not a file name inside {data}" in str(err.value)
     assert "bytes" not in str(err.value)  # nothing about the file it names
+
+
+def test_parts_merged_hold_the_same_documents_and_split_as_one_prepare(tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 50)
+    assert prepare("--input", docs, "--out", tmp_path / "whole", "--shard-tokens", "700").returncode == 0
+    parts = []
+    for number in (1, 2, 3):
+        parts.append(tmp_path / f"part{number}")
+        result = prepare("--input", docs, "--part", f"{number}/3", "--out", parts[-1],
+                         "--shard-tokens", "700")
+        assert result.returncode == 0, result.stderr
+    result = prepare("--merge", parts[2], parts[0], parts[1], "--out", tmp_path / "merged")  # any order
+    assert result.returncode == 0, result.stderr
+    assert "merged from 3 parts, shards linked" in result.stdout
+    whole, merged = shards.verify(tmp_path / "whole"), shards.verify(tmp_path / "merged")
+    for split in shards.SPLITS:
+        assert np.array_equal(load_split(tmp_path / "whole", split), load_split(tmp_path / "merged", split))
+        assert whole.splits[split]["documents"] == merged.splits[split]["documents"]
+    assert merged.raw["source"]["inputs"] == whole.raw["source"]["inputs"]
+    linked = merged.shard_paths("train")[0]
+    assert linked.stat().st_ino == shards.read_manifest(parts[0]).shard_paths("train")[0].stat().st_ino
+    # what --merge refuses: a missing part, a folder that is no part
+    result = prepare("--merge", parts[0], parts[2], "--out", tmp_path / "short")
+    assert result.returncode == 2 and "needs parts 1 to 3 of one input, each once; it was given parts 1, 3" \
+        in result.stderr
+    result = prepare("--merge", tmp_path / "whole", "--out", tmp_path / "none")
+    assert result.returncode == 2 and "is not a part (prepare it with --part K/N)" in result.stderr
+    assert not (tmp_path / "short").exists() and not (tmp_path / "none").exists()
+
+
+def test_a_stream_goes_on_after_transient_errors_from_the_row_it_had_reached():
+    failures = {3: 2, 7: 1}  # row -> times reading it fails with a network error
+    opened = []
+
+    def open_rows(position):
+        opened.append(position)
+        for row in range(position, 10):
+            if failures.get(row):
+                failures[row] -= 1
+                raise ConnectionResetError("connection reset by peer")
+            yield row
+
+    assert list(corpus.resilient_rows(open_rows, 0, "dataset 'x'", backoff=0)) == list(range(10))
+    assert opened == [0, 3, 3, 7]
+
+    def broken(position):
+        yield from range(position, 2)
+        raise ConnectionResetError("gone")
+
+    with pytest.raises(UserError, match=r"dataset 'x' failed at row 2 after 3 tries \(ConnectionReset"):
+        list(corpus.resilient_rows(broken, 0, "dataset 'x'", retries=2, backoff=0))
+
+    def bad_data(position):
+        yield from range(position, 2)
+        raise ValueError("column type mismatch")
+
+    with pytest.raises(UserError, match=r"failed at row 2 \(ValueError: column type mismatch\)"):
+        list(corpus.resilient_rows(bad_data, 0, "dataset 'x'", backoff=0))  # not the network's: no retry
+
+
+def test_a_streamed_dataset_resumes_at_its_row(tmp_path):
+    pytest.importorskip("datasets")
+    import datasets
+
+    path = tmp_path / "data.jsonl"
+    datasets.Dataset.from_list([{"text": f"row {i}"} for i in range(30)]).to_json(str(path))
+    texts = corpus.hf_texts("json", None, "train", "text", [str(path)], start=17)
+    assert list(texts) == [f"row {i}" for i in range(17, 30)]

@@ -8,8 +8,11 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
-from conftest import REPO, run_processes, train_args
+from conftest import REPO, run_main, run_processes, train_args, write_paragraphs
+
+from gptdist.data import shards
 
 pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -162,3 +165,31 @@ def test_two_agent_jobs_end_with_the_right_status(slurm, tmp_path, verdict_data)
             succeeded = r"torchrun exited [1-9]\d* after training finished .*: the job succeeded"
             assert re.search(succeeded, log), log[-3000:]
     assert not list(REPO.glob(".gptdist-outcome-*")), "the job left its outcome file behind"
+
+
+def test_a_prepare_array_merges_its_parts_into_what_one_prepare_makes(slurm, tmp_path):
+    docs = write_paragraphs(tmp_path / "docs")
+    out = tmp_path / "data"
+    result = subprocess.run(["sbatch", "--parsable", "--array=1-3", "--cpus-per-task=1", "--mem=1G",
+                             f"--output={tmp_path}/prepare-%a.log", str(REPO / "slurm" / "prepare.sbatch"),
+                             "--input", str(docs), "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    deadline = time.time() + 300
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, f"array job {job} did not end in 300 s"
+        time.sleep(0.5)
+    logs = "".join(log.read_text() for log in sorted(tmp_path.glob("prepare-*.log")))
+    assert "merged from 3 parts, shards linked" in logs, logs[-3000:]
+    for part in (1, 2, 3):
+        manifest = shards.read_manifest(tmp_path / "data.parts" / str(part))
+        assert manifest.raw["source"]["part"]["number"] == part
+    whole = run_main("gptdist.prepare", "--input", docs, "--out", tmp_path / "whole", "--workers", "1")
+    assert whole.returncode == 0, whole.stderr
+    merged, whole = shards.verify(out), shards.verify(tmp_path / "whole")
+    for split in shards.SPLITS:
+        tokens = [np.concatenate([np.fromfile(p, dtype=m.dtype) for p in m.shard_paths(split)])
+                  for m in (merged, whole)]
+        assert np.array_equal(*tokens)
+        assert merged.splits[split]["documents"] == whole.splits[split]["documents"]

@@ -36,7 +36,7 @@ def test_evaluation_graph_is_compiled_once_per_run(tmp_path, verdict_data, monke
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     trainer = small_trainer(verdict_data, tmp_path / "run", "train.compile=true", "eval.batches=4",
                             "train.micro_batch_size=5")
-    assert trainer.val_data.num_samples == 16  # evaluated in batches of 5, 5, 5 and 1 (padded to 5)
+    assert trainer.data[0].val.num_samples == 16  # evaluated in batches of 5, 5, 5 and 1 (padded to 5)
     counters = torch._dynamo.utils.counters["stats"]
     trainer.step()  # compiles the training graph
     graphs = counters["unique_graphs"]
@@ -62,7 +62,7 @@ def test_padded_evaluation_batch_gives_the_exact_loss(tmp_path, verdict_data):
 
     trainer = small_trainer(verdict_data, tmp_path / "run")
     model = trainer.model.eval()
-    windows = trainer.val_data
+    windows = trainer.data[0].val
     assert windows.num_samples == 16  # in batches of 5, 5, 5 and 1 (padded to 5)
     tokens = windows.batch(perplexity.eval_indices(windows.num_samples, 20))
     with torch.no_grad():

@@ -98,3 +98,20 @@ def test_wandb_true_without_wandb_installed_fails_at_start(tmp_path, verdict_dat
     assert result.returncode == 2
     assert "logging.wandb is true but wandb is not installed" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_mixture_shows_its_tokens_and_val_loss_by_source(tmp_path, verdict_data, paragraphs_data):
+    out = tmp_path / "run"
+    mixture = (f"data.sources=[{{name: books, dir: {verdict_data}}}, "
+               f"{{name: paragraphs, dir: {paragraphs_data}}}]")
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40}
+    result = run_module("gptdist.train", *train_args(verdict_data, out, mixture, "train.max_steps=2",
+                                                     "logging.interval=1", "logging.wandb=true"), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = offline_runs(out)
+    rows = history(next(run.glob("*.wandb")))
+    logged = {key for row in rows for key in row}
+    assert {"tokens_by_source/books", "tokens_by_source/paragraphs", "val_loss_by_source/books",
+            "val_loss_by_source/paragraphs"} <= logged, sorted(logged)
+    last = [row for row in rows if "tokens_by_source/books" in row][-1]
+    assert last["tokens_by_source/books"] + last["tokens_by_source/paragraphs"] == last["tokens_seen"]

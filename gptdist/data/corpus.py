@@ -8,7 +8,9 @@ books is never held in the main process) or the text itself (Hugging Face rows).
 import glob
 import os
 import re
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import UserError
@@ -56,9 +58,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path) -> tuple[str, int]:
-    """A file's text as UTF-8; undecodable bytes become U+FFFD and are counted."""
+def read_text(path: Path) -> tuple[str | None, int]:
+    """A file's text as UTF-8; undecodable bytes become U+FFFD and are counted. None for a file that is not
+    text (it holds NUL bytes, as binary formats do and text never does)."""
     data = Path(path).read_bytes()
+    if b"\x00" in data:
+        return None, 0
     try:
         return data.decode("utf-8"), 0
     except UnicodeDecodeError:
@@ -113,9 +118,48 @@ def clean_gutenberg(text: str) -> tuple[str | None, str | None]:
 # --- Hugging Face datasets -------------------------------------------------------------
 
 
+RETRIES = 5  # transient errors in a row that a streamed dataset survives
+BACKOFF_SECONDS = 2.0  # the first wait after one; each next waits twice as long
+NETWORK_MODULES = ("httpx", "requests", "urllib3", "aiohttp", "huggingface_hub", "fsspec")
+
+
+def transient(err: Exception) -> bool:
+    """Whether an error reading a stream is the network's (worth another try), not the data's or ours."""
+    local = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    if isinstance(err, OSError):  # ConnectionError and TimeoutError are OSErrors too
+        return not isinstance(err, local)
+    return type(err).__module__.split(".")[0] in NETWORK_MODULES
+
+
+def resilient_rows(open_rows: Callable[[int], Iterator], position: int, what: str,
+                   retries: int = RETRIES, backoff: float = BACKOFF_SECONDS) -> Iterator:
+    """The rows of `open_rows(position)` on; after a transient error, opened again at the row it had
+    reached, after a wait that doubles with each failure in a row (`retries` at most)."""
+    failures = 0
+    while True:
+        try:
+            for row in open_rows(position):
+                yield row
+                position += 1
+                failures = 0
+            return
+        except Exception as err:  # a stream's errors are many types (datasets, fsspec, the hub client)
+            said = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if not transient(err) or failures == retries:
+                tries = f" after {failures + 1} tries" if failures else ""
+                raise UserError(f"reading {what} failed at row {position:,}{tries} ({said}); run the same "
+                                "command again to resume from the last progress record") from None
+            wait = backoff * 2**failures
+            failures += 1
+            print(f"warning: reading {what} failed at row {position:,} ({said}); trying again in "
+                  f"{wait:.0f} s ({failures}/{retries})", file=sys.stderr)
+            time.sleep(wait)
+
+
 def hf_texts(name: str, config: str | None, split: str, column: str,
-             data_files: list[str] | None) -> Iterator[str]:
-    """Rows of a dataset's text column, streamed: a 100 GB corpus never sits in memory."""
+             data_files: list[str] | None, start: int = 0) -> Iterator[str]:
+    """Rows of a dataset's text column from row `start` on, streamed: a 100 GB corpus never sits in
+    memory, and a transient network error costs a wait, not the run (`resilient_rows`)."""
     try:
         import datasets
     except ImportError:
@@ -123,12 +167,16 @@ def hf_texts(name: str, config: str | None, split: str, column: str,
     builder = LOCAL_HF_BUILDERS.get(name)
     if builder and not data_files:
         raise UserError(f"--hf {name} reads local files: give them with --data-files")
-    try:
+
+    def rows_from(position: int) -> Iterator[dict]:
         if builder:
             stream = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True)
         else:
             stream = datasets.load_dataset(name, config, split=split, streaming=True)
-        rows = iter(stream)
+        return iter(stream.skip(position) if position else stream)
+
+    try:
+        rows = rows_from(start)
         first = next(rows, None)
     except Exception as err:  # the hub client raises many types: offline, not found, bad config
         raise UserError(
@@ -142,5 +190,10 @@ def hf_texts(name: str, config: str | None, split: str, column: str,
         raise UserError(f"dataset {name!r} has no column {column!r}; its columns: {', '.join(first)} "
                         "(--text-column)")
     yield first[column]
-    for row in rows:
+    opened = [rows]  # the stream already open goes on; a reopened one starts where it failed
+
+    def reopen(position: int) -> Iterator[dict]:
+        return opened.pop() if opened else rows_from(position)
+
+    for row in resilient_rows(reopen, start + 1, f"dataset {name!r}"):
         yield row[column]

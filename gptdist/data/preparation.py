@@ -4,7 +4,9 @@ Every document is GPT-2 BPE-encoded and followed by one <|endoftext|>. Documents
 train or val by a seeded hash of their position, so the output is the same for any
 number of workers; a corpus too small for that (The Verdict is one document) is split
 inside its token stream, first (1 - val_fraction) to train, as the book does.
-Everything is written to a temporary folder renamed into place at the end.
+Everything is written to a folder beside the output, renamed into place at the end; a prepare that
+is killed resumes from it (progress.py). `--part K/N` prepares the K-th of N consecutive runs of the
+input's documents, each document split as in a prepare of the whole; merge.py joins the parts.
 """
 
 import glob
@@ -15,7 +17,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from .. import __version__
 from ..errors import UserError
 from ..files.replace import Kind, check_apart, clean_stale_temporaries, replace_folder
 from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
-from . import corpus, shards
+from . import corpus, progress, shards
 
 DOCS_PER_TASK = 8  # documents sent to a worker at once: amortises inter-process overhead
 
@@ -48,26 +50,32 @@ class PrepareOptions:
     seed: int = 1337  # seed of the train/val split
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # tokenizer processes
     shard_tokens: int = 100_000_000  # tokens per shard
+    part: tuple[int, int] | None = None  # (K, N): the K-th of N consecutive runs of the input's documents
+
+
+EXAMPLES = 5  # files named in the summary for each kind of problem; the rest are counted
 
 
 def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | None, dict]:
     """One document (a path to read, or the text itself) to its tokens plus EOT, or None if skipped."""
-    replaced = 0
+    replaced, name = 0, str(ref) if isinstance(ref, Path) else None
     if isinstance(ref, Path):
         text, replaced = corpus.read_text(ref)
+        if text is None:
+            return None, {"skipped": "not text (NUL bytes)", "replaced": 0, "name": name}
     else:
         text = ref
     if gutenberg:
         text, why = corpus.clean_gutenberg(text)
         if text is None:
-            return None, {"skipped": why, "replaced": replaced}
+            return None, {"skipped": why, "replaced": replaced, "name": name}
     # encode_ordinary's ids straight into a numpy buffer (no Python list): with nothing allowed
     # and nothing disallowed, text that looks like a special token is ordinary text.
     ids = gpt2_encoding().encode_to_numpy(text, allowed_special=set(), disallowed_special=())
     tokens = np.empty(len(ids) + 1, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
     tokens[:-1] = ids
     tokens[-1] = EOT_TOKEN
-    return tokens, {"skipped": None, "replaced": replaced}
+    return tokens, {"skipped": None, "replaced": replaced, "name": name}
 
 
 def _tokenize_task(task: tuple[list, bool]) -> list:
@@ -142,16 +150,29 @@ def split_inside_text(folder: Path, train: dict, val: dict, val_fraction: float,
 
 
 def document_refs(args: PrepareOptions) -> tuple[Iterable, dict]:
-    """The documents named on the command line, and a description of them for the manifest."""
+    """The documents named on the command line (the part's, with --part), and a description of them for
+    the manifest."""
     if args.hf:
+        if args.part:
+            raise UserError("--part splits a list of input files (--input, --dataset); a streamed dataset "
+                            "has no count to split: prepare it whole")
         source = {"hf": args.hf, "hf_config": args.hf_config, "hf_split": args.hf_split,
                   "text_column": args.text_column, "data_files": args.data_files}
         return corpus.hf_texts(args.hf, args.hf_config, args.hf_split, args.text_column,
                                args.data_files), source
-    if args.dataset:
-        return corpus.dataset_paths(args.dataset), {"dataset": args.dataset}
-    files = corpus.expand_inputs(args.input)
-    return files, {"inputs": [str(f) for f in files]}
+    files = corpus.dataset_paths(args.dataset) if args.dataset else corpus.expand_inputs(args.input)
+    source = {"dataset": args.dataset} if args.dataset else {}
+    if args.part:
+        first, end = part_range(len(files), *args.part)
+        source["part"] = {"number": args.part[0], "of": args.part[1], "first_document": first,
+                          "input_documents": len(files)}
+        files = files[first:end]
+    return files, {**source, "inputs": [str(f) for f in files]} if not args.dataset else source
+
+
+def part_range(documents: int, number: int, parts: int) -> tuple[int, int]:
+    """The documents [first, end) of part `number` (1-based) of `parts` consecutive, nearly equal parts."""
+    return (number - 1) * documents // parts, number * documents // parts
 
 
 def input_paths(args: PrepareOptions, refs) -> list[Path]:
@@ -167,45 +188,116 @@ PREPARED = Kind("a prepared data folder", "prepare", shards.files_not_prepared)
 
 
 def prepare(args: PrepareOptions) -> tuple[dict, float]:
-    """Write the shards and manifest of `args.out`; returns the manifest and the seconds it took."""
+    """Write the shards and manifest of `args.out`; returns the manifest and the seconds it took. A
+    prepare of the same arguments killed before goes on from where it was (progress.py)."""
     out = Path(args.out)
     clean_stale_temporaries(out)  # first: a folder a killed prepare was replacing is put back
     refs, source = document_refs(args)
     check_apart(out, [("--input", path) for path in input_paths(args, refs)], "--out")
     start = time.perf_counter()
+    options = {k: v for k, v in asdict(args).items() if k not in ("out", "overwrite", "workers")}
+    key = progress.fingerprint({**options, "version": __version__}, refs)
     manifest = replace_folder(out, PREPARED, args.overwrite,
-                              lambda tmp: _write_shards(tmp, refs, source, args))
+                              lambda tmp: _write_shards(tmp, refs, source, args, key),
+                              kept=progress.partial_folder(out))
     return manifest, time.perf_counter() - start
 
 
-def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions) -> dict:
-    gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
+class Tally:
+    """What the summary says about the input: documents skipped and why, undecodable bytes; for each kind
+    of problem the first EXAMPLES names and a count."""
+
+    def __init__(self):
+        self.skipped: Counter = Counter()
+        self.replaced_characters = self.files_with_replacements = 0
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, stats: dict, index: int) -> None:
+        name = stats["name"] or f"document {index}"
+        if stats["replaced"]:
+            self.replaced_characters += stats["replaced"]
+            self.files_with_replacements += 1
+            self._example("undecodable bytes", name)
+        if stats["skipped"]:
+            self.skipped[stats["skipped"]] += 1
+            self._example(stats["skipped"], name)
+
+    def _example(self, problem: str, name: str) -> None:
+        names = self.examples.setdefault(problem, [])
+        if len(names) < EXAMPLES:
+            names.append(name)
+
+    def state_dict(self) -> dict:
+        return {"skipped": dict(self.skipped), "replaced_characters": self.replaced_characters,
+                "files_with_replacements": self.files_with_replacements, "examples": self.examples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = Counter(state["skipped"])
+        self.replaced_characters = state["replaced_characters"]
+        self.files_with_replacements = state["files_with_replacements"]
+        self.examples = {problem: list(names) for problem, names in state["examples"].items()}
+
+
+def _started(tmp: Path, args: PrepareOptions, record: progress.PrepareProgress) -> tuple[dict, Tally, int]:
+    """(each split's writer, the tally, the documents done): where a killed prepare of these arguments
+    was, or the start."""
     dtype = shards.token_dtype(GPT2_VOCAB_SIZE)
     writers = {name: shards.ShardWriter(tmp, name, dtype, args.shard_tokens) for name in shards.SPLITS}
-    skipped: Counter = Counter()
-    replaced_chars = files_with_replacements = 0
+    tally, state = Tally(), record.resumable()
+    if state is None:
+        return writers, tally, 0
+    try:
+        for name, writer in writers.items():
+            writer.load_state_dict(state["writers"][name])
+    except (OSError, KeyError) as err:  # its shards were changed since
+        print(f"the progress record in {record.folder} does not match its shards ({err}); starting afresh",
+              file=sys.stderr)
+        record.clear()
+        return _started(tmp, args, record)
+    tally.load_state_dict(state["tally"])
+    print(f"resuming a prepare killed after {state['documents']:,} documents "
+          f"({sum(w.tokens for w in writers.values()):,} tokens in {record.folder})", file=sys.stderr)
+    return writers, tally, state["documents"]
+
+
+def _documents_from(refs: Iterable, args: PrepareOptions, done: int) -> Iterable:
+    """The input's documents after the first `done`."""
+    if isinstance(refs, list):
+        return refs[done:]
+    return corpus.hf_texts(args.hf, args.hf_config, args.hf_split, args.text_column, args.data_files,
+                           start=done)
+
+
+def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions, key: str) -> dict:
+    gpt2_encoding()  # fail early, before any worker starts, if the BPE files cannot be had
+    record = progress.PrepareProgress(tmp, key)
+    writers, tally, done = _started(tmp, args, record)
+    first = source["part"]["first_document"] if "part" in source else 0  # the split's coin is global
     start = time.perf_counter()
-    bar = tqdm(desc="prepare", unit=" docs", file=sys.stderr, dynamic_ncols=True)
-    for index, (tokens, stats) in enumerate(tokenized_documents(refs, args.gutenberg, args.workers)):
+    bar = tqdm(desc="prepare", unit=" docs", file=sys.stderr, dynamic_ncols=True, initial=done)
+    documents = tokenized_documents(_documents_from(refs, args, done), args.gutenberg, args.workers)
+    for index, (tokens, stats) in enumerate(documents, start=done):
         bar.update()
-        if stats["replaced"]:
-            replaced_chars += stats["replaced"]
-            files_with_replacements += 1
-        if tokens is None:
-            skipped[stats["skipped"]] += 1
-            continue
-        split = "val" if goes_to_val(index, args.seed, args.val_fraction) else "train"
-        writers[split].add_document(tokens)
-        tokens_so_far = writers["train"].tokens + writers["val"].tokens
-        bar.set_postfix_str(f"{tokens_so_far / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
+        tally.add(stats, first + index)
+        if tokens is not None:
+            split = "val" if goes_to_val(first + index, args.seed, args.val_fraction) else "train"
+            writers[split].add_document(tokens)
+        shards_begun = sum(len(writer.shards) for writer in writers.values())
+        if record.due(shards_begun):
+            record.save({"documents": index + 1, "tally": tally.state_dict(),
+                         "writers": {name: writer.state_dict() for name, writer in writers.items()}},
+                        shards_begun)
+        written = sum(writer.tokens for writer in writers.values())
+        bar.set_postfix_str(f"{written / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
     bar.close()
     splits = {name: writer.close() for name, writer in writers.items()}
-    if splits["train"]["documents"] + splits["val"]["documents"] == 0:
-        reasons = "; ".join(f"{n} {why}" for why, n in skipped.items())
+    if splits["train"]["documents"] + splits["val"]["documents"] == 0 and not args.part:
+        reasons = "; ".join(f"{n} {why}" for why, n in tally.skipped.items())
         raise UserError("the corpus is empty: no document left to "
                         f"tokenize{f' ({reasons})' if reasons else ''}")
     split_method = "documents"
-    if not splits["train"]["documents"] or not splits["val"]["documents"]:
+    # a part is split by documents whatever it holds: the merged parts are split as a whole would be
+    if (not splits["train"]["documents"] or not splits["val"]["documents"]) and not args.part:
         split_method = "text"
         splits = split_inside_text(tmp, splits["train"], splits["val"], args.val_fraction, args.shard_tokens)
     manifest = {
@@ -213,7 +305,7 @@ def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions)
         "tokenizer": TOKENIZER_NAME,
         "vocab_size": GPT2_VOCAB_SIZE,
         "eot_token": EOT_TOKEN,
-        "dtype": dtype.name,
+        "dtype": shards.token_dtype(GPT2_VOCAB_SIZE).name,
         "splits": splits,
         "source": {
             **source,
@@ -222,11 +314,10 @@ def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions)
             "seed": args.seed,
             "shard_tokens": args.shard_tokens,
             "split_by": split_method,
-            "skipped": dict(skipped),
-            "replaced_characters": replaced_chars,
-            "files_with_replacements": files_with_replacements,
+            **tally.state_dict(),
             "gptdist_version": __version__,
         },
     }
+    record.finish()
     shards.write_manifest(tmp, manifest)
     return manifest

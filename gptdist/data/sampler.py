@@ -52,19 +52,29 @@ class DistributedStepSampler:
         return self.position + self.global_batch > self.num_samples
 
     def next_step(self) -> np.ndarray:
-        """This rank's sample indices for the next step (global_batch / world_size of them)."""
+        """This rank's sample indices for the next step (global_batch / world_size of them); an epoch
+        with no whole global batch left gives way to the next."""
         if self.epoch_done():
-            raise StopIteration(f"epoch {self.epoch} is exhausted")
+            self.set_epoch(self.epoch + 1)
         share = self.global_batch // self.world_size
         first = self.position + self.rank * share
         self.position += self.global_batch
         return self.order()[first : first + share]
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs done, with the fraction of the current one."""
+        return self.epoch + self.position / self.num_samples
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "num_samples": self.num_samples, "order": self.kind}
 
     def load_state_dict(self, state: dict) -> None:
+        if "num_samples" not in state:  # a mixture's or document windows' order (mixture.py)
+            raise UserError(f"the checkpoint's data order (a mixture or document windows) does not match "
+                            f"this run's (one strided data.dir of {self.num_samples} samples): data.sources, "
+                            "data.windows or the data changed; resume with the run's own data")
         if state["num_samples"] != self.num_samples or state["seed"] != self.seed:
             raise UserError(
                 f"the checkpoint's data order ({state['num_samples']} samples, seed {state['seed']}) does "

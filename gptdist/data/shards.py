@@ -13,6 +13,7 @@ A prepared folder holds `train-00000.bin`, `train-00001.bin`, ..., `val-00000.bi
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,33 @@ class ShardWriter:
         """Finish the split and return its manifest entry."""
         self._close_current()
         return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
+
+    def state_dict(self) -> dict:
+        """Where the split is, its open shard's bytes on disk first (a resume continues from here:
+        data/progress.py)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        return {"tokens": self.tokens, "documents": self.documents, "shards": [dict(s) for s in self.shards],
+                "in_shard": self._in_shard if self._file is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`: the open shard cut back to what it held then, and hashed again."""
+        self.tokens, self.documents = state["tokens"], state["documents"]
+        self.shards = [dict(s) for s in state["shards"]]
+        if state["in_shard"] is None:
+            return
+        path = self.folder / self.shards[-1]["path"]
+        size = state["in_shard"] * self.dtype.itemsize
+        if not path.is_file() or path.stat().st_size < size:
+            raise FileNotFoundError(f"{path} holds less than its progress record says")
+        with open(path, "r+b") as f:
+            f.truncate(size)
+        self._hash = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                self._hash.update(block)
+        self._file, self._in_shard = open(path, "ab"), state["in_shard"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..model import hf, hf_remote
 
 OPTIONS = ("positions", "rotary_base", "norm", "qk_norm", "activation", "logit_softcap", "tie_embeddings",
-           "qkv_bias", "bias")
+           "qkv_bias", "bias", "document_mask")
 
 
 def run_folder(checkpoint: Path) -> Path:
@@ -36,21 +36,35 @@ def last_rows(metrics: Path, step: int | None, keys: tuple[str, ...]) -> dict[st
     return found
 
 
-def training(record: dict) -> list[str]:
-    """The card's lines on a checkpoint's training: data, steps, tokens, last scores."""
-    data_dir = Path(record["config"].get("data", {}).get("dir", ""))
-    lines = [f"- {what}: {record[key]:,}" for what, key in (("steps", "step"), ("tokens seen", "tokens_seen"))
-             if record.get(key) is not None]
-    try:
-        manifest = shards.read_manifest(data_dir)
+def data_lines(data: dict) -> list[str]:
+    """One line per data folder the run read (data.dir, or each of a mixture's sources with its weight)."""
+    mixture = data.get("sources") or []
+    lines = []
+    for source in mixture or [{"dir": data.get("dir", "")}]:
+        folder = Path(source["dir"])
+        name = f"`{folder.name}`" + (f" ({source['name']}, weight {source['weight']})" if mixture else "")
+        try:
+            manifest = shards.read_manifest(folder)
+        except UserError:
+            lines.append(f"- data: {name}: its manifest was not readable at export")
+            continue
         inputs = [str(path) for path in manifest.raw.get("source", {}).get("inputs") or []]
         origin = ", ".join(inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
-        lines.insert(0, f"- data: `{data_dir.name}` (prepared by gptdist.prepare from {origin or 'unknown'}: "
-                        f"{manifest.splits['train']['tokens']:,} training tokens, "
-                        f"{manifest.splits['val']['tokens']:,} validation tokens, tokenizer "
-                        f"{manifest.raw.get('tokenizer')})")
-    except UserError:
-        lines.insert(0, f"- data: `{data_dir.name}` (its manifest was not readable at export)")
+        lines.append(f"- data: {name}: prepared by gptdist.prepare from {origin or 'unknown'}: "
+                     f"{manifest.splits['train']['tokens']:,} training tokens, "
+                     f"{manifest.splits['val']['tokens']:,} validation tokens, tokenizer "
+                     f"{manifest.raw.get('tokenizer')}")
+    return lines
+
+
+def training(record: dict) -> list[str]:
+    """The card's lines on a checkpoint's training: data, steps, tokens, last scores."""
+    lines = data_lines(record["config"].get("data", {}))
+    counts = (("steps", "step"), ("tokens seen", "tokens_seen"))
+    lines += [f"- {what}: {record[key]:,}" for what, key in counts if record.get(key) is not None]
+    if record["config"].get("model", {}).get("document_mask"):
+        lines.append("- trained with `document_mask`: attention stayed inside each document of a window; "
+                     "this model attends across `<|endoftext|>`, so give it one document at a time")
     rows = last_rows(run_folder(record["file"]) / "metrics.jsonl", record["step"],
                      ("val_loss", "hellaswag_acc"))
     if "val_loss" in rows:

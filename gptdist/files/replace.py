@@ -121,16 +121,19 @@ def clean_stale_temporaries(out: Path) -> None:
 
 
 def replace_folder(out: Path, kind: Kind, overwrite: bool, fill: Callable[[Path], object],
-                   label: str = "--out"):
+                   label: str = "--out", kept: Path | None = None):
     """Write the folder `out` through `fill(temporary_folder)` and move it into place whole; returns what
     `fill` returns. An existing `out` is replaced only as `check_replaceable` allows, once the new one
-    is complete. (`check_apart` on the command's inputs comes first, where the command has them.)"""
+    is complete. (`check_apart` on the command's inputs comes first, where the command has them.)
+
+    `kept`: a temporary folder of a fixed name that outlives a failed or killed write (a prepare
+    resumes from it: data/progress.py) instead of one of this process's own that goes with it."""
     clean_stale_temporaries(out)  # first: a folder a killed process was replacing is put back
     check_replaceable(out, kind, overwrite, label)
-    tmp = temporary_name(out, "tmp")
+    tmp = kept or temporary_name(out, "tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=kept is not None)
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror})") from None
     try:
@@ -150,7 +153,8 @@ def replace_folder(out: Path, kind: Kind, overwrite: bool, fill: Callable[[Path]
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror or err}); it was left as it was") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if kept is None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_own(path: Path, kind: Kind) -> bool:

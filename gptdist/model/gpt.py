@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, check_model_shape
-from . import capped_loss
+from ..tokenizer import EOT_TOKEN
+from . import capped_loss, document_mask
 from .kv_cache import KVCache, LayerCache
 from .loss import IGNORE_INDEX, next_token_loss
 
@@ -97,7 +98,8 @@ class MultiHeadAttention(nn.Module):
         init_linear(self.qkv, STD)
         init_linear(self.out_proj, residual_std)  # its output joins the residual stream
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, documents=None) -> torch.Tensor:
+        """`documents`: model.document_mask's mask of these windows (document_mask.make), or None."""
         batch, tokens, dim = x.shape
         # (b, t, 3*d) -> 3 x (b, heads, t, head_dim)
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
@@ -106,10 +108,11 @@ class MultiHeadAttention(nn.Module):
         if self.rotary is not None:
             positions = cache.cache.positions if cache is not None else None
             q, k = self.rotary(q, positions), self.rotary(k, positions)
-        if cache is None:
-            context = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+        dropout = self.dropout if self.training else 0.0
+        if documents is not None:
+            context = document_mask.attend(q, k, v, documents, dropout)
+        elif cache is None:
+            context = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v = cache.extend(k, v)
             mask = cache.cache.mask
@@ -158,8 +161,8 @@ class TransformerBlock(nn.Module):
         self.norm2.reset_parameters()
         self.ff.init_weights(residual_std)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, documents=None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, documents))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -290,7 +293,12 @@ class GPTModel(nn.Module):
             x = x + self.pos_emb(positions)
         x = self.drop_emb(x)
         if cache is None:
-            x = self.trf_blocks(x)
+            # model.document_mask: one mask for every layer (generating with a cache, attention sees the
+            # whole prompt, as an exported model's does)
+            documents = (document_mask.make(idx, EOT_TOKEN, self.cfg.drop_rate if self.training else 0.0)
+                         if self.cfg.document_mask else None)
+            for block in self.trf_blocks:
+                x = block(x, documents=documents)
         else:
             for block, layer_cache in zip(self.trf_blocks, cache.layers, strict=True):
                 x = block(x, layer_cache)

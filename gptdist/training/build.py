@@ -14,9 +14,8 @@ from ..checkpoint.checkpointer import Checkpointer
 from ..checkpoint.resume import check_architecture, resume_payload
 from ..checkpoint.states import ModelState, OptimizerState, Progress, RNGState
 from ..config import Config
-from ..data import shards
+from ..data import shards, sources
 from ..data.loader import StepLoader
-from ..data.windows import TokenWindows
 from ..distributed import Dist, print0
 from ..model.gpt import GPTModel
 from ..observe.flops import device_peak, flops_per_token
@@ -43,14 +42,13 @@ def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
     if resume:
         check_architecture(resume["config"]["model"], cfg.model, resume["path"])
     verify_start = time.perf_counter()
-    manifest = verified_data(cfg, ctx)
+    data = verified_data(cfg, ctx)
     startup = {"data_verify_s": round(time.perf_counter() - verify_start, 3)}
-    train_data = TokenWindows(manifest, "train", cfg.model.context_length, cfg.data.stride)
-    val_data = TokenWindows(manifest, "val", cfg.model.context_length, cfg.data.stride)
     # the global batch is the run's first one, kept on any world size
     global_batch = (resume["progress"]["global_batch"] if resume
                     else cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size)
-    loader = StepLoader(train_data, global_batch, cfg.train.micro_batch_size, ctx, cfg.run.seed)
+    sampler, reader = sources.training_order(cfg, data, global_batch, ctx.rank, ctx.world_size)
+    loader = StepLoader(sampler, reader, data[0].train.window, cfg.train.micro_batch_size, ctx)
     total_steps = cfg.train.max_steps or cfg.train.epochs * loader.sampler.steps_per_epoch
     progress = Progress(global_batch=global_batch)
     precision = Precision.of(cfg.train, ctx.device)
@@ -62,19 +60,19 @@ def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
     schedule = WarmupDecaySchedule(steps, cfg.schedule, cfg.optim.lr, total_steps)
     torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
     states = {"model": ModelState(model), "optimizer": OptimizerState(model, steps),
-              "scaler": precision.scaler, "schedule": schedule, "sampler": loader.sampler,
+              "scaler": precision.scaler, "schedule": schedule, "sampler": sampler,
               "progress": progress, "rng": RNGState(ctx, cfg.run.seed), "tracking": log.tracker}
     if resume:
         checkpointer.restore(resume, states)
-    evaluator = Evaluator(cfg, ctx, parallel.loss, model, precision.autocast, train_data, val_data)
+    evaluator = Evaluator(cfg, ctx, parallel.loss, model, precision.autocast, data)
     peak = device_peak(ctx.device, precision.dtype)  # for MFU: a table on GPUs, measured now on a CPU
     throughput = Throughput(global_batch * cfg.model.context_length, flops_per_token(model), peak,
                             ctx.world_size, total_steps)
     startup["setup_s"] = round(time.perf_counter() - started, 3)
     # every rank's host memory at its peak so far: the model built (or its shards), a resume's reading
     startup["host_peak_mb"] = distributed.all_gather_objects(peak_host_mb())
-    return Trainer(cfg=cfg, ctx=ctx, log=log, checkpointer=checkpointer, train_data=train_data,
-                   val_data=val_data, loader=loader, total_steps=total_steps, progress=progress, model=model,
+    return Trainer(cfg=cfg, ctx=ctx, log=log, checkpointer=checkpointer, data=data, loader=loader,
+                   total_steps=total_steps, progress=progress, model=model,
                    precision=precision, parallel=parallel, optimizer=steps, schedule=schedule, guard=guard,
                    states=states, evaluator=evaluator, throughput=throughput,
                    resumed_from=resume["path"] if resume else None, startup=startup)
@@ -97,17 +95,18 @@ def continue_from_source(cfg: Config, ctx: Dist, resume: dict | None) -> dict | 
     return weights
 
 
-def verified_data(cfg: Config, ctx: Dist) -> shards.Manifest:
-    """data.dir's manifest, its vocabulary the model's, its shards verified (data.verify): never train on
+def verified_data(cfg: Config, ctx: Dist) -> list[sources.Source]:
+    """The run's sources, their vocabulary the model's, their shards verified (data.verify): never train on
     altered data. One read per node: the other ranks wait."""
-    manifest = shards.read_manifest(cfg.data.dir)
+    data = sources.open_sources(cfg)
     source = f" (from model.init_from {cfg.model.init_from})" if cfg.model.init_from else ""
-    manifest.check_vocabulary(cfg.model.vocab_size, f"model.vocab_size{source}")
+    sources.check_vocabulary(data, cfg.model.vocab_size, f"model.vocab_size{source}")
     if cfg.data.verify:
         if ctx.local_rank == 0:
-            shards.verify(cfg.data.dir)
+            for each in data:
+                shards.verify(each.manifest.folder)
         distributed.barrier()
-    return manifest
+    return data
 
 
 def built_model(cfg: Config, ctx: Dist, precision: Precision, init_weights: dict | None,

@@ -13,9 +13,8 @@ from pathlib import Path
 from .. import config, distributed
 from ..checkpoint import pretrained, store
 from ..config import Config
-from ..data import shards
+from ..data import sources
 from ..data.loader import StepLoader
-from ..data.windows import TokenWindows
 from ..distributed import Dist
 from ..errors import UserError
 from ..evaluation import harness
@@ -32,8 +31,8 @@ def check_before_work(cfg: Config, ctx: Dist) -> None:
 def _check(cfg: Config, ctx: Dist) -> None:
     fresh = starts_afresh(cfg)
     for key, path in config.path_keys(cfg, config.INPUT):
-        # data.dir: its manifest says more below; model.init_from: read only by a run that starts afresh
-        needed = key != "data.dir" and (key != "model.init_from" or fresh)
+        # data folders: their manifests say more below; model.init_from: read only by a run that starts afresh
+        needed = not key.startswith("data.") and (key != "model.init_from" or fresh)
         if needed and not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path)):
             raise UserError(f"{key} {path} does not exist")
     check_supported(cfg.train, ctx, precision.resolve(cfg.train.precision, ctx.device))
@@ -54,14 +53,13 @@ def starts_afresh(cfg: Config) -> bool:
 
 
 def _check_data(cfg: Config, ctx: Dist, fresh: bool) -> None:
-    """The data folder is a prepared one, each split has a window, and a fresh run's vocabulary is the data's
-    (model.init_from's is read later) and its first global batch fits the train split."""
-    manifest = shards.read_manifest(cfg.data.dir)
-    train, _ = (TokenWindows(manifest, split, cfg.model.context_length, cfg.data.stride)
-                for split in shards.SPLITS)
+    """Each data folder is a prepared one, each split has a window, the sources agree, and a fresh run's
+    vocabulary is the data's (model.init_from's is read later) and its first global batch fits."""
+    data = sources.open_sources(cfg)
     if not fresh:
         return
     if not cfg.model.init_from:
-        manifest.check_vocabulary(cfg.model.vocab_size)
-    StepLoader(train, cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size,
-               cfg.train.micro_batch_size, ctx, cfg.run.seed)
+        sources.check_vocabulary(data, cfg.model.vocab_size)
+    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * ctx.world_size
+    sampler, reader = sources.training_order(cfg, data, global_batch, ctx.rank, ctx.world_size, report=False)
+    StepLoader(sampler, reader, data[0].train.window, cfg.train.micro_batch_size, ctx)

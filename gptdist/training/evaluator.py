@@ -10,7 +10,7 @@ import time
 from torch import nn
 
 from ..config import Config
-from ..data.windows import TokenWindows
+from ..data.sources import Source
 from ..distributed import Dist
 from ..evaluation import harness, hellaswag
 from ..evaluation.perplexity import evaluate_loss, perplexity
@@ -19,11 +19,11 @@ from ..model.sampling import complete, prompt_ids
 
 class Evaluator:
     def __init__(self, cfg: Config, ctx: Dist, loss: nn.Module, model: nn.Module, autocast,
-                 train_data: TokenWindows, val_data: TokenWindows):
+                 sources: list[Source]):
         """`loss` is the training loss as compiled and wrapped (evaluation runs through it), `model` the
         model it computes."""
         self.cfg, self.ctx, self.loss, self.model, self.autocast = cfg, ctx, loss, model, autocast
-        self.splits = {"train": train_data, "val": val_data}
+        self.sources = sources
         prompt_ids(cfg.sample.prompt, cfg.model.vocab_size, "sample.prompt")  # checked now, not at a sample
         self.hellaswag_items = None  # tokenized once, now: offline, an error now and not at the first score
         if cfg.eval.hellaswag_interval:
@@ -33,19 +33,31 @@ class Evaluator:
             self.lm_eval_tasks = harness.task_manager(tuple(cfg.eval.lm_eval_tasks),
                                                       cfg.eval.lm_eval_include_path)
 
-    def losses(self) -> tuple[float, float]:
-        """Train and val loss on eval.batches batches of each split, through the compiled training loss."""
+    def losses(self) -> dict:
+        """Train and val loss on eval.batches batches of each split of each source, through the compiled
+        training loss; a mixture's are the sources' weighted by their shares, and it adds each source's
+        val loss (val_loss_by_source)."""
         batches, micro = self.cfg.eval.batches, self.cfg.train.micro_batch_size
-        return tuple(evaluate_loss(self.loss, windows, batches, micro, self.ctx, self.autocast)
-                     for windows in self.splits.values())
+        losses = {split: [evaluate_loss(self.loss, getattr(source, split), batches, micro, self.ctx,
+                                        self.autocast) for source in self.sources]
+                  for split in ("train", "val")}
+        shares = [source.weight / sum(s.weight for s in self.sources) for source in self.sources]
+        row = {f"{split}_loss": sum(loss * share for loss, share in zip(values, shares, strict=True))
+               for split, values in losses.items()}
+        if self.cfg.data.sources:
+            row["val_loss_by_source"] = dict(zip([source.name for source in self.sources], losses["val"],
+                                                 strict=True))
+        return row
 
     def evaluate(self) -> tuple[dict, str]:
-        """(train_loss, val_loss, val_ppl and the seconds they and the sample took, a sample from
-        sample.prompt)."""
+        """(train_loss, val_loss, val_ppl, a mixture's val_loss_by_source, and the seconds they and the
+        sample took; a sample from sample.prompt)."""
         start = time.perf_counter()
-        train_loss, val_loss = self.losses()
+        row = self.losses()
         sample = self.sample()
-        row = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": perplexity(val_loss),
+        row = {"train_loss": row["train_loss"], "val_loss": row["val_loss"],
+               "val_ppl": perplexity(row["val_loss"]),
+               **{key: value for key, value in row.items() if key.endswith("_by_source")},
                "eval_s": round(time.perf_counter() - start, 3)}
         return row, sample
 

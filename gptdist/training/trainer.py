@@ -16,7 +16,7 @@ from ..checkpoint.checkpointer import Checkpointer, Stateful
 from ..checkpoint.states import Progress
 from ..config import Config
 from ..data.loader import StepLoader
-from ..data.windows import TokenWindows
+from ..data.sources import Source
 from ..distributed import Dist, print0
 from ..errors import UserError
 from ..observe.memory import peak_host_mb
@@ -37,8 +37,7 @@ class Trainer:
     ctx: Dist
     log: RunLog  # config.yaml, metrics.jsonl, the console, W&B (rank 0)
     checkpointer: Checkpointer
-    train_data: TokenWindows
-    val_data: TokenWindows
+    data: list[Source]  # the run's sources (one, or a mixture's): their splits' strided windows
     loader: StepLoader  # this rank's micro-batches of every global batch
     total_steps: int
     progress: Progress  # the step, the tokens seen and the global batch
@@ -162,13 +161,16 @@ class Trainer:
                           "grad_accum_steps": self.loader.grad_accum, "total_steps": self.total_steps,
                           "peak_flops": self.throughput.peak_flops,
                           "peak_source": self.throughput.peak_source,
-                          **self.startup}, self.train_data.num_samples, self.val_data.num_samples)
+                          **self.startup}, sum(s.train.num_samples for s in self.data),
+                         sum(s.val.num_samples for s in self.data))
 
     def _log_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Read the step's loss and gradient norm (the loop's host sync), log them, stop a diverged run."""
         row = {**self._position(), "loss": distributed.all_reduce_mean(step_loss).item(),
                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
                **self.throughput.measure(self.progress.step)}
+        if self.cfg.data.sources:  # a mixture: the tokens each source has given so far
+            row["tokens_by_source"] = self.loader.sampler.tokens_by_source(self.cfg.model.context_length)
         self.log.step(row, self.total_steps)
         self.guard.stop_if_diverged(self.progress.step, self.checkpointer.newest)
 
