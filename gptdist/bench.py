@@ -71,7 +71,10 @@ def build_parser() -> ArgumentParser:
                                                                         "interval)")
     prep = sub.add_parser("prepare", help="prepare's throughput on a synthetic corpus of many documents")
     prep.add_argument("--megabytes", type=positive_int, default=64)
-    prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                      help="the most worker processes: 1, 2, 4, ... and this many are measured")
+    prep.add_argument("--repeats", type=positive_int, default=3,
+                      help="runs of each side at each worker count, alternating (the best counts)")
     gen = sub.add_parser("generate", help="tokens/s, time to first token and memory of generation, beside "
                                           "transformers'")
     gen.add_argument("--config", type=input_path,

@@ -38,3 +38,22 @@ def test_time_to_loss_trains_the_three_programs_and_ends_with_the_summary(tmp_pa
         assert len(seconds) >= 3 and list(tokens) == sorted(tokens) and list(seconds) == sorted(seconds)
         assert losses[-1] < losses[0]  # every program learned something
     assert plot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_document_options_are_compared_on_the_modern_recipe(tmp_path, paragraphs_data, nanogpt):
+    results, plot = tmp_path / "results.jsonl", tmp_path / "curves.png"
+    tiny = ["model.n_layers=1", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",
+            "train.micro_batch_size=4"]
+    command = ["bash", "benchmarks/time_to_loss.sh", str(nanogpt), "--data", str(paragraphs_data),
+               "--documents", "--budget", "2", "--results", str(results), "--plot", str(plot), *tiny]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    variants = {"modern", "modern+documents", "modern+documents+mask"}
+    assert set(summary["final_val_loss"]) == variants and summary["seconds_to_target"]["modern"] is not None
+    curves = {row["program"]: row for row in map(json.loads, results.read_text().splitlines())}
+    masked = curves["modern+documents+mask"]["overrides"]
+    assert masked == ["data.windows=documents", "model.document_mask=true"]
+    assert all(row["points"][-1][2] < row["points"][0][2] for row in curves.values())  # each learned
+    assert plot.stat().st_size > 0

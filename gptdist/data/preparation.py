@@ -16,7 +16,8 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,9 +79,16 @@ def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | No
     return tokens, {"skipped": None, "replaced": replaced, "name": name}
 
 
-def _tokenize_task(task: tuple[list, bool]) -> list:
-    refs, gutenberg = task
-    return [tokenize_document(ref, gutenberg) for ref in refs]
+def _tokenize_task(task: tuple[list, bool, bool]) -> list:
+    refs, gutenberg, files = task
+    return [tokenize_document(Path(ref) if files else ref, gutenberg) for ref in refs]
+
+
+def _task(batch: list, gutenberg: bool) -> tuple[list, bool, bool]:
+    """A batch of documents as a worker gets it: paths as plain strings (a Path pickles several times
+    slower, and the main process's time is what the workers wait for)."""
+    files = isinstance(batch[0], Path)
+    return ([os.fspath(ref) for ref in batch] if files else batch), gutenberg, files
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -95,26 +103,34 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def tokenized_documents(refs: Iterable, gutenberg: bool, workers: int) -> Iterator[tuple]:
-    """(tokens, stats) per document, in input order, tokenized by `workers` processes.
+    """(tokens, stats) per document, in input order, tokenized by `workers` processes; with one, by a
+    thread of this process (tiktoken lets go of the GIL while it encodes, so the shards are written and
+    hashed here meanwhile).
 
     Pool.imap would read the whole input ahead of the workers (a streamed 100 GB
     dataset included), so at most a few tasks per worker are kept in flight.
     """
-    tasks = ((batch, gutenberg) for batch in _batched(refs, DOCS_PER_TASK))
+    tasks = (_task(batch, gutenberg) for batch in _batched(refs, DOCS_PER_TASK))
     if workers <= 1:
-        for task in tasks:
-            yield from _tokenize_task(task)
+        with ThreadPoolExecutor(1) as thread:
+            yield from _in_order(lambda task: thread.submit(_tokenize_task, task).result, tasks, 4)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers) as pool:
-        in_flight: deque = deque()
-        for task in tasks:
-            in_flight.append(pool.apply_async(_tokenize_task, (task,)))
-            if len(in_flight) >= 4 * workers:
-                yield from in_flight.popleft().get()
-        while in_flight:
-            yield from in_flight.popleft().get()
+        yield from _in_order(lambda task: pool.apply_async(_tokenize_task, (task,)).get, tasks, 4 * workers)
+
+
+def _in_order(submit: Callable, tasks: Iterable, window: int) -> Iterator[tuple]:
+    """The results of `tasks` in order, at most `window` of them submitted ahead (`submit(task)` returns
+    what waits for its result)."""
+    in_flight: deque = deque()
+    for task in tasks:
+        in_flight.append(submit(task))
+        if len(in_flight) >= window:
+            yield from in_flight.popleft()()
+    while in_flight:
+        yield from in_flight.popleft()()
 
 
 def goes_to_val(index: int, seed: int, val_fraction: float) -> bool:

@@ -29,9 +29,14 @@ def partial_folder(out: Path) -> Path:
 def fingerprint(options: dict, refs) -> str:
     """What the output depends on: the options, and for files each one's path, size and modification
     time (a streamed dataset: its name and options, in `options`)."""
-    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in refs] if isinstance(refs, list) else []
+    files = [(str(p), *_size_and_time(p)) for p in refs] if isinstance(refs, list) else []
     text = json.dumps({"options": options, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
 
 
 class PrepareProgress:
