@@ -13,7 +13,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..files.replace import replace_folder
 from . import shards
-from .preparation import EXAMPLES, PREPARED
+from .preparation import PREPARED
+from .tally import EXAMPLES
 
 # what every part must share with the others to be one input's (the source's keys)
 SHARED = ("gutenberg", "val_fraction", "seed", "shard_tokens", "gptdist_version")

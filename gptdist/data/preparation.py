@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..files.replace import Kind, check_apart, clean_stale_temporaries, replace_folder
 from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
 from . import corpus, progress, shards
+from .tally import Tally
 
 DOCS_PER_TASK = 8  # documents sent to a worker at once: amortises inter-process overhead
 
@@ -52,9 +53,6 @@ class PrepareOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # tokenizer processes
     shard_tokens: int = 100_000_000  # tokens per shard
     part: tuple[int, int] | None = None  # (K, N): the K-th of N consecutive runs of the input's documents
-
-
-EXAMPLES = 5  # files named in the summary for each kind of problem; the rest are counted
 
 
 def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | None, dict]:
@@ -217,41 +215,6 @@ def prepare(args: PrepareOptions) -> tuple[dict, float]:
                               lambda tmp: _write_shards(tmp, refs, source, args, key),
                               kept=progress.partial_folder(out))
     return manifest, time.perf_counter() - start
-
-
-class Tally:
-    """What the summary says about the input: documents skipped and why, undecodable bytes; for each kind
-    of problem the first EXAMPLES names and a count."""
-
-    def __init__(self):
-        self.skipped: Counter = Counter()
-        self.replaced_characters = self.files_with_replacements = 0
-        self.examples: dict[str, list[str]] = {}
-
-    def add(self, stats: dict, index: int) -> None:
-        name = stats["name"] or f"document {index}"
-        if stats["replaced"]:
-            self.replaced_characters += stats["replaced"]
-            self.files_with_replacements += 1
-            self._example("undecodable bytes", name)
-        if stats["skipped"]:
-            self.skipped[stats["skipped"]] += 1
-            self._example(stats["skipped"], name)
-
-    def _example(self, problem: str, name: str) -> None:
-        names = self.examples.setdefault(problem, [])
-        if len(names) < EXAMPLES:
-            names.append(name)
-
-    def state_dict(self) -> dict:
-        return {"skipped": dict(self.skipped), "replaced_characters": self.replaced_characters,
-                "files_with_replacements": self.files_with_replacements, "examples": self.examples}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped = Counter(state["skipped"])
-        self.replaced_characters = state["replaced_characters"]
-        self.files_with_replacements = state["files_with_replacements"]
-        self.examples = {problem: list(names) for problem, names in state["examples"].items()}
 
 
 def _started(tmp: Path, args: PrepareOptions, record: progress.PrepareProgress) -> tuple[dict, Tally, int]:
