@@ -63,7 +63,7 @@ class ShardWriter:
                 self._open_next()
             room = self.shard_tokens - self._in_shard
             head, tokens = tokens[:room], tokens[room:]
-            data = head.tobytes()
+            data = memoryview(head).cast("B")  # the array's own bytes, not a copy
             self._file.write(data)
             self._hash.update(data)
             self._in_shard += len(head)
