@@ -36,7 +36,9 @@ from gptdist import distributed
 from gptdist.checkpoint import store
 from gptdist.data import shards
 from gptdist.errors import UserError
+from gptdist.evaluation import model_card
 from gptdist.files.replace import own_temporary_folder
+from gptdist.observe import metrics
 from gptdist.tokenizer import encode
 from gptdist.training import runlock
 
@@ -73,8 +75,8 @@ def held_writes(gate: Path) -> dict:
 
 def logged(out: Path, step: int):
     """Whether run `out` has logged step `step`'s row (a condition for wait_for)."""
-    metrics = out / "metrics.jsonl"
-    return lambda: metrics.exists() and f'"step": {step},' in metrics.read_text()
+    rows = out / "metrics.jsonl"
+    return lambda: rows.exists() and f'"step": {step},' in rows.read_text()
 
 
 @pytest.mark.slow
@@ -428,3 +430,14 @@ def test_what_processes_that_no_longer_run_left_in_the_temporary_folder_is_remov
         for folder in kept:
             folder.rmdir()
     zombie.wait()
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_skipped_where_the_rows_are_read(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 9.0}, {"step": 2, "val_loss": 8.5, "train_loss": 8.6, "epoch": 0.1,
+                                       "tokens_seen": 64}]
+    torn = json.dumps({"step": 3, "val_loss": 8.0})[:17]  # the kill came mid-write; the resume wrote on
+    path.write_text("\n".join([json.dumps(rows[0]), torn, json.dumps(rows[1])]) + "\n")
+    assert metrics.read_rows(path) == rows
+    assert [row["step"] for row in metrics.eval_history(path)] == [2]
+    assert model_card.last_rows(path, None, ("val_loss",)) == {"val_loss": rows[1]}

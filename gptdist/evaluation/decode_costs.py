@@ -24,7 +24,7 @@ from ..files.replace import own_temporary_folder
 from ..model import hf
 from ..model.gpt import GPTModel
 from ..model.sampling import generate
-from ..observe.memory import peak_host_bytes, reset_peak_host, resident_host_bytes
+from ..observe.memory import peak_device_bytes, reset_peak_host, resident_host_bytes
 from ..observe.throughput import synchronize
 from ..tokenizer import encode
 
@@ -64,9 +64,7 @@ class Meter:
     def __exit__(self, *exc):
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
-        peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
-                else peak_host_bytes())
-        self.peak_mb = round((peak - self.base) / 2**20, 1)
+        self.peak_mb = round((peak_device_bytes(self.device) - self.base) / 2**20, 1)
 
 
 def row(meter: Meter, tokens: int, generated: list[list[int]]) -> dict:

@@ -2,7 +2,6 @@
 architecture, its options, and for a gptdist checkpoint what it was trained on and how far, with the
 run's last validation loss and HellaSwag score up to the checkpoint's step (from metrics.jsonl)."""
 
-import json
 from pathlib import Path
 
 import yaml
@@ -11,6 +10,7 @@ from ..config import ModelConfig
 from ..data import shards
 from ..errors import UserError
 from ..model import hf, hf_remote
+from ..observe.metrics import read_rows
 
 OPTIONS = ("positions", "rotary_base", "norm", "qk_norm", "activation", "logit_softcap", "tie_embeddings",
            "qkv_bias", "bias", "document_mask")
@@ -26,12 +26,8 @@ def last_rows(metrics: Path, step: int | None, keys: tuple[str, ...]) -> dict[st
     found: dict[str, dict] = {}
     if not metrics.is_file():
         return found
-    for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if isinstance(row, dict) and (step is None or row.get("step", 0) <= step):
+    for row in read_rows(metrics):
+        if step is None or row.get("step", 0) <= step:
             found.update({key: row for key in keys if key in row})
     return found
 

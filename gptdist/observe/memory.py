@@ -60,6 +60,14 @@ def reset_peak_host() -> bool:
         return False
 
 
+def peak_device_bytes(device: torch.device) -> int:
+    """The most memory the computation has held on `device`: the CUDA allocator's peak, or on a CPU the
+    process's peak_host_bytes."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return peak_host_bytes()
+
+
 def peak_host_mb() -> float:
     """peak_host_bytes in MiB, to a tenth: as rows report it."""
     return round(peak_host_bytes() / 2**20, 1)

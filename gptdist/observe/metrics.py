@@ -20,10 +20,15 @@ class MetricsLog:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file, but for a line a kill cut short (a resumed run writes on after it)."""
     rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

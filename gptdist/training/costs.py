@@ -20,6 +20,7 @@ from ..checkpoint.store import checkpoint_paths, size_on_disk
 from ..files.replace import own_temporary_folder
 from ..observe.memory import (
     SavedForBackward,
+    peak_device_bytes,
     peak_host_bytes,
     peak_host_mb,
     reset_peak_host,
@@ -32,12 +33,6 @@ from .build import build_trainer
 from .checks import check_before_work
 from .heap import release_freed_memory
 from .stopping import StopRequest
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_host_bytes() / 2**20
 
 
 def device_name(device: torch.device) -> str:
@@ -104,7 +99,7 @@ def bench_train(args) -> dict:
         loss = loss.item()  # waits for the last step
         step_seconds = (time.perf_counter() - start) / args.steps
         stop.finish()
-        peak_mb = peak_memory_mb(ctx.device)
+        peak_mb = peak_device_bytes(ctx.device) / 2**20
         eval_s = [timed(trainer.evaluator.losses) for _ in range(2)] if args.eval else []
         # the figures training logs with: tokens per step, FLOPs per token and (unless given) the peak,
         # measured at its start on a CPU
@@ -269,8 +264,8 @@ def bench_memory(args) -> dict:
             trainer.step()
         synchronize(ctx.device)
         step_seconds = (time.perf_counter() - start) / args.steps
-        figures = torch.tensor([*state.values(), activations, step_seconds, peak_memory_mb(ctx.device)],
-                               dtype=torch.float64)
+        peak_mb = peak_device_bytes(ctx.device) / 2**20
+        figures = torch.tensor([*state.values(), activations, step_seconds, peak_mb], dtype=torch.float64)
         largest = distributed.all_reduce_max(figures).tolist()
         params_b, grads_b, optim_b, activations_b, step_s, peak_mb = largest
         mib = 2**20
