@@ -27,8 +27,9 @@ from gptdist.data import shards
 from gptdist.distributed import pick_device
 from gptdist.errors import UserError, cli
 from gptdist.observe.flops import device_peak
+from gptdist.observe.memory import peak_device_bytes
 from gptdist.observe.throughput import synchronize
-from gptdist.training.costs import device_name, peak_memory_mb
+from gptdist.training.costs import device_name
 
 
 def build_parser() -> ArgumentParser:
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
         "micro_batch_size": args.batch_size, "context_length": args.block_size, "n_layer": args.n_layer,
         "ms_per_step": 1000 * seconds, "tokens_per_sec": tokens / seconds,
         "mfu": tokens / seconds * flops_per_token / peak, "peak_source": peak_source,
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak_device_bytes(device) / 2**20,
         "first_step_s": first_step_s, "log_interval": args.log_interval, "loss": final_loss,
         "threads": torch.get_num_threads(),
     }))
