@@ -68,7 +68,7 @@ def test_every_global_batch_follows_the_weights_and_is_the_same_on_any_world_siz
 
 def test_a_mixture_holds_no_array_that_grows_with_its_sources():
     huge = SimpleNamespace(num_samples=10**12, stride=1024, window=1025, total_tokens=10**15)
-    orders = [SourceOrder(name, weight, huge, StrideStream(huge, seed), huge.num_samples)
+    orders = [SourceOrder(name, weight, StrideStream(huge, seed))
               for name, weight, seed in (("a", 2.0, 1), ("b", 1.0, 2))]
     tracemalloc.start()
     sampler = MixtureSampler(orders, 64, 1, 4, seed=0)
@@ -87,7 +87,7 @@ def test_document_windows_start_at_documents_and_resume_exactly(paragraphs_data)
     document_starts = np.concatenate([[0], np.flatnonzero(tokens == EOT_TOKEN) + 1])
     span = documents.block_span(windows)
     stream = documents.DocumentStream(windows, EOT_TOKEN, seed=3)
-    epoch = stream.take(documents.estimate(windows, EOT_TOKEN, 3)["windows_per_epoch"])
+    epoch = stream.take(stream.estimate()["windows_per_epoch"])
     assert stream.state_dict() == {"epoch": 1, "group": 0, "offset": 0}  # exact: it packs every block here
     covered = 0
     for ranges in epoch:

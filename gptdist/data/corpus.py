@@ -131,6 +131,11 @@ def transient(err: Exception) -> bool:
     return type(err).__module__.split(".")[0] in NETWORK_MODULES
 
 
+def _said(err: Exception) -> str:
+    """An error as one line: its type and the first line of its message."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def resilient_rows(open_rows: Callable[[int], Iterator], position: int, what: str,
                    retries: int = RETRIES, backoff: float = BACKOFF_SECONDS) -> Iterator:
     """The rows of `open_rows(position)` on; after a transient error, opened again at the row it had
@@ -144,7 +149,7 @@ def resilient_rows(open_rows: Callable[[int], Iterator], position: int, what: st
                 failures = 0
             return
         except Exception as err:  # a stream's errors are many types (datasets, fsspec, the hub client)
-            said = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            said = _said(err)
             if not transient(err) or failures == retries:
                 tries = f" after {failures + 1} tries" if failures else ""
                 raise UserError(f"reading {what} failed at row {position:,}{tries} ({said}); run the same "
@@ -180,9 +185,8 @@ def hf_texts(name: str, config: str | None, split: str, column: str,
         first = next(rows, None)
     except Exception as err:  # the hub client raises many types: offline, not found, bad config
         raise UserError(
-            f"cannot load Hugging Face dataset {name!r} (split {split!r}): {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''} -- offline, use a local copy with "
-            "--hf parquet|json|csv --data-files FILES"
+            f"cannot load Hugging Face dataset {name!r} (split {split!r}): {_said(err)} -- offline, use a "
+            "local copy with --hf parquet|json|csv --data-files FILES"
         ) from None
     if first is None:
         return

@@ -27,7 +27,9 @@ BLOCK_WINDOWS = 16  # windows' worth of tokens per block: the reach of best-fit 
 # blocks whose windows are shuffled together: the places in the corpus a batch's windows come from (a
 # group of 16 made a short run train on 16 places only)
 GROUP_BLOCKS = 128
-ESTIMATE_BLOCKS = 128  # blocks packed at start to report the cropped share and the windows of an epoch
+
+
+Window = list[tuple[int, int]]  # (start, length) ranges of the stream, context_length + 1 tokens in all
 
 
 def block_span(windows: TokenWindows) -> int:
@@ -51,7 +53,7 @@ def block_start(windows: TokenWindows, point: int, eot: int) -> int:
     return point + int(ends[0]) + 1 if len(ends) else point
 
 
-def pack(pieces: list[tuple[int, int]], window: int) -> tuple[list[list[tuple[int, int]]], int]:
+def pack(pieces: list[tuple[int, int]], window: int) -> tuple[list[Window], int]:
     """Best-fit packing of (start, length) pieces, each shorter than `window`, into rows of exactly
     `window` tokens; returns (the rows, tokens cropped)."""
     # sorted by length (ties by start, for determinism); a row opens with the longest left
@@ -82,9 +84,9 @@ def pack(pieces: list[tuple[int, int]], window: int) -> tuple[list[list[tuple[in
     return rows, cropped
 
 
-def block_windows(windows: TokenWindows, block: int, eot: int) -> tuple[list[list[tuple[int, int]]], int]:
-    """The windows of block `block` (each a list of (start, length) ranges of the stream), and the
-    tokens of the block that are in none of them."""
+def block_windows(windows: TokenWindows, block: int, eot: int) -> tuple[list[Window], int, int]:
+    """The windows of block `block` (each a list of (start, length) ranges of the stream), the tokens of
+    the block that are in none of them, and the block's tokens."""
     span = block_span(windows)
     start = block_start(windows, block * span, eot)
     end = block_start(windows, (block + 1) * span, eot)
@@ -102,7 +104,7 @@ def block_windows(windows: TokenWindows, block: int, eot: int) -> tuple[list[lis
         if last - first > 1 or (last - first == 1 and first == whole):
             pieces.append((first, last - first))
     packed, cropped = pack(pieces, windows.window)
-    return rows + packed, cropped
+    return rows + packed, cropped, end - start
 
 
 def num_blocks(windows: TokenWindows) -> int:
@@ -119,15 +121,34 @@ class DocumentStream:
         self.groups = -(-self.blocks // GROUP_BLOCKS)
         self.epoch = self.group = self.offset = 0  # the position: windows of this group already handed out
         self._windows: list | None = None  # this group's windows, in their shuffled order
+        self._packed: dict = {}  # this group's blocks, windows, tokens and tokens cropped
 
     def _group_windows(self) -> list:
         if self._windows is None:
             order = FeistelOrder(self.blocks, self.seed, self.epoch)
             blocks = order[self.group * GROUP_BLOCKS : (self.group + 1) * GROUP_BLOCKS]
-            rows = [row for block in blocks for row in block_windows(self.windows, int(block), self.eot)[0]]
+            packed = [block_windows(self.windows, int(block), self.eot) for block in blocks]
+            rows = [row for block_rows, _, _ in packed for row in block_rows]
             shuffle = np.random.default_rng([self.seed, self.epoch, self.group]).permutation(len(rows))
             self._windows = [rows[i] for i in shuffle]
+            self._packed = {"blocks": len(blocks), "windows": len(rows),
+                            "cropped": sum(cropped for _, cropped, _ in packed),
+                            "tokens": sum(tokens for _, _, tokens in packed)}
         return self._windows
+
+    def estimate(self) -> dict:
+        """The share of tokens cropped and the windows of an epoch, measured on the group the order is in
+        (at a start its first: GROUP_BLOCKS blocks spread over the split, all of them in a small one),
+        which the order then hands out without packing it again."""
+        self._group_windows()
+        packed = self._packed
+        return {"cropped_share": packed["cropped"] / max(packed["tokens"], 1),
+                "windows_per_epoch": max(1, round(packed["windows"] * self.blocks / packed["blocks"])),
+                "blocks_measured": packed["blocks"]}
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return self.estimate()["windows_per_epoch"]
 
     def take(self, count: int) -> list:
         out = []
@@ -151,21 +172,7 @@ class DocumentStream:
         return {"epoch": self.epoch, "group": self.group, "offset": self.offset}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.group, self.offset, self._windows = (state["epoch"], state["group"],
-                                                              state["offset"], None)
+        if (state["epoch"], state["group"]) != (self.epoch, self.group):  # another group than the one packed
+            self._windows = None
+        self.epoch, self.group, self.offset = state["epoch"], state["group"], state["offset"]
 
-
-def estimate(windows: TokenWindows, eot: int, seed: int) -> dict:
-    """The share of tokens cropped and the windows of an epoch, from up to ESTIMATE_BLOCKS blocks spread
-    over the split (all of them in a small one)."""
-    blocks = num_blocks(windows)
-    sample = FeistelOrder(blocks, seed, 0)[0:ESTIMATE_BLOCKS]
-    rows = cropped = tokens = 0
-    span = block_span(windows)
-    for block in sample:
-        packed, lost = block_windows(windows, int(block), eot)
-        rows, cropped = rows + len(packed), cropped + lost
-        tokens += block_start(windows, (int(block) + 1) * span, eot) - block_start(windows, int(block) * span,
-                                                                                   eot)
-    return {"cropped_share": cropped / max(tokens, 1),
-            "windows_per_epoch": max(1, round(rows * blocks / len(sample))), "blocks_measured": len(sample)}

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..files.replace import replace_folder
 from . import shards
 from .preparation import PREPARED
-from .tally import EXAMPLES
+from .tally import Tally
 
 # what every part must share with the others to be one input's (the source's keys)
 SHARED = ("gutenberg", "val_fraction", "seed", "shard_tokens", "gptdist_version")
@@ -75,15 +75,9 @@ def merge(folders: list[str], out: str, overwrite: bool) -> dict:
                     listed.append({**shard, "path": name})
             splits[split]["shards"] = listed
         sources = [p.raw["source"] for p in parts]
-        tally = {key: sum(s[key] for s in sources)
-                 for key in ("replaced_characters", "files_with_replacements")}
-        skipped: dict = {}
-        examples: dict = {}
+        tally = Tally()
         for s in sources:
-            for why, count in s["skipped"].items():
-                skipped[why] = skipped.get(why, 0) + count
-            for problem, names in s["examples"].items():
-                examples[problem] = (examples.get(problem, []) + names)[:EXAMPLES]
+            tally.add_tally(s)
         first = parts[0].raw
         source = {key: first["source"][key] for key in SHARED}
         if "inputs" in first["source"]:
@@ -91,8 +85,7 @@ def merge(folders: list[str], out: str, overwrite: bool) -> dict:
         if "dataset" in first["source"]:
             source["dataset"] = first["source"]["dataset"]
         manifest = {key: first[key] for key in ("format", "tokenizer", "vocab_size", "eot_token", "dtype")}
-        manifest.update(splits=splits, source={**source, "split_by": "documents", "skipped": skipped,
-                                                **tally, "examples": examples,
+        manifest.update(splits=splits, source={**source, "split_by": "documents", **tally.state_dict(),
                                                 "merged_from": [str(p.folder) for p in parts]})
         shards.write_manifest(tmp, manifest)
         return manifest

@@ -41,6 +41,10 @@ class StrideStream:
         return out
 
     @property
+    def windows_per_epoch(self) -> int:
+        return self.windows.num_samples
+
+    @property
     def epochs_done(self) -> float:
         return self.epoch + self.position / self.windows.num_samples
 
@@ -57,9 +61,7 @@ class SourceOrder:
 
     name: str
     weight: float
-    windows: TokenWindows  # its train split, which `stream`'s windows are read from
-    stream: StrideStream | DocumentStream
-    windows_per_epoch: int
+    stream: StrideStream | DocumentStream  # its order over its train split's windows (`stream.windows`)
 
 
 class MixtureSampler:
@@ -74,8 +76,12 @@ class MixtureSampler:
         self.shares = weights / weights.sum()
         self.drawn = [0] * len(sources)  # windows taken from each source so far, by all ranks together
         self.steps = 0
-        self.window = sources[0].windows.window
-        self.steps_per_epoch = max(1, sum(s.windows_per_epoch for s in sources) // global_batch)
+        self.window = sources[0].stream.windows.window
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches in an epoch of all the sources together (with document windows, estimated)."""
+        return max(1, sum(s.stream.windows_per_epoch for s in self.sources) // self.global_batch)
 
     def counts(self) -> list[int]:
         """How many of the next global batch's windows each source gives: window by window, the source
@@ -105,7 +111,7 @@ class MixtureSampler:
         for index, source in enumerate(self.sources):
             mine = [row for row, (which, _) in enumerate(rows) if which == index]
             if mine:
-                out[mine] = source.windows.rows([rows[row][1] for row in mine])
+                out[mine] = source.stream.windows.rows([rows[row][1] for row in mine])
         return out
 
     def tokens_by_source(self, context_length: int) -> dict[str, int]:
@@ -118,7 +124,7 @@ class MixtureSampler:
                                                                             strict=True)))
 
     def _described(self) -> list[list]:
-        return [[s.name, type(s.stream).__name__, s.windows.total_tokens] for s in self.sources]
+        return [[s.name, type(s.stream).__name__, s.stream.windows.total_tokens] for s in self.sources]
 
     def state_dict(self) -> dict:
         return {"order": "mixture", "seed": self.seed, "sources": self._described(), "steps": self.steps,

@@ -111,9 +111,7 @@ def tokenized_documents(refs: Iterable, gutenberg: bool, workers: int) -> Iterat
         for task in tasks:
             yield from _tokenize_task(task)
         return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         in_flight: deque = deque()
         for task in tasks:
             in_flight.append(pool.apply_async(_tokenize_task, (task,)))
@@ -121,6 +119,12 @@ def tokenized_documents(refs: Iterable, gutenberg: bool, workers: int) -> Iterat
                 yield from in_flight.popleft().get()
         while in_flight:
             yield from in_flight.popleft().get()
+
+
+def worker_pool(workers: int):
+    """A pool of `workers` processes, forked where the platform can (the tokenizer loaded here goes along)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
 
 
 def goes_to_val(index: int, seed: int, val_fraction: float) -> bool:

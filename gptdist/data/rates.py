@@ -1,7 +1,6 @@
 """The data benchmarks of `python -m gptdist.bench`: the data loader alone, and prepare's throughput beside
 tiktoken's."""
 
-import multiprocessing
 import shutil
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from .. import config
 from ..files.replace import own_temporary_folder
 from ..tokenizer import gpt2_encoding
 from . import corpus, sources
-from .preparation import DOCS_PER_TASK, PrepareOptions, prepare
+from .preparation import DOCS_PER_TASK, PrepareOptions, prepare, worker_pool
 
 
 def bench_data(args) -> dict:
@@ -57,9 +56,7 @@ def tiktoken_rate(texts: list[str], workers: int) -> float:
         start = time.perf_counter()
         return _count_tokens(texts) / (time.perf_counter() - start)
     chunks = [texts[i : i + DOCS_PER_TASK] for i in range(0, len(texts), DOCS_PER_TASK)]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         pool.map(_count_tokens, [texts[:1]] * workers)  # every process started, its tokenizer loaded
         start = time.perf_counter()
         tokens = sum(pool.map(_count_tokens, chunks))

@@ -61,7 +61,7 @@ def mixed(cfg: Config) -> bool:
 def training_order(cfg: Config, sources: list[Source], global_batch: int, rank: int, world_size: int,
                    report: bool = True) -> tuple[DistributedStepSampler | MixtureSampler, object]:
     """(the sampler, what reads its windows: `.batch(rows)`) of a run; with document windows, the share
-    of tokens cropped is printed (`report`)."""
+    of tokens cropped is printed (`report`; without it, nothing is packed yet)."""
     seed = cfg.run.seed
     if not mixed(cfg):
         train = sources[0].train
@@ -75,15 +75,14 @@ def training_order(cfg: Config, sources: list[Source], global_batch: int, rank: 
         own_seed = seed + (i << 32)  # every source its own order (run.seed < 2**32)
         if cfg.data.windows == "documents":
             stream = documents.DocumentStream(source.train, source.manifest.eot_token, own_seed)
-            estimate = documents.estimate(source.train, source.manifest.eot_token, own_seed)
-            if report:
+            if report:  # packs the order's first group, which its first steps then take
+                estimate = stream.estimate()
                 print0(f"{source.key}: document-aligned windows, {estimate['cropped_share']:.1%} of tokens "
                        f"cropped (measured on {estimate['blocks_measured']} blocks of "
                        f"{documents.BLOCK_WINDOWS} windows), about {estimate['windows_per_epoch']:,} windows "
                        "an epoch")
-            per_epoch = estimate["windows_per_epoch"]
         else:
-            stream, per_epoch = StrideStream(source.train, own_seed), source.train.num_samples
-        orders.append(SourceOrder(source.name, source.weight, source.train, stream, per_epoch))
+            stream = StrideStream(source.train, own_seed)
+        orders.append(SourceOrder(source.name, source.weight, stream))
     sampler = MixtureSampler(orders, global_batch, rank, world_size, seed)
     return sampler, sampler

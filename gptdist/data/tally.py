@@ -25,6 +25,15 @@ class Tally:
             self.skipped[stats["skipped"]] += 1
             self._example(stats["skipped"], name)
 
+    def add_tally(self, state: dict) -> None:
+        """Another tally's counts and names after this one's (`state_dict`'s form: a part's, at a merge)."""
+        self.skipped.update(state["skipped"])
+        self.replaced_characters += state["replaced_characters"]
+        self.files_with_replacements += state["files_with_replacements"]
+        for problem, names in state["examples"].items():
+            for name in names:
+                self._example(problem, name)
+
     def _example(self, problem: str, name: str) -> None:
         names = self.examples.setdefault(problem, [])
         if len(names) < EXAMPLES:

@@ -55,10 +55,7 @@ class Evaluator:
         start = time.perf_counter()
         row = self.losses()
         sample = self.sample()
-        row = {"train_loss": row["train_loss"], "val_loss": row["val_loss"],
-               "val_ppl": perplexity(row["val_loss"]),
-               **{key: value for key, value in row.items() if key.endswith("_by_source")},
-               "eval_s": round(time.perf_counter() - start, 3)}
+        row.update(val_ppl=perplexity(row["val_loss"]), eval_s=round(time.perf_counter() - start, 3))
         return row, sample
 
     def sample(self) -> str:
