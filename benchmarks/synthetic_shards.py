@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     for split, count in (("train", args.tokens - args.tokens // 10), ("val", args.tokens // 10)):
         writer = shards.ShardWriter(out, split, dtype, args.shard_tokens)
         for start in range(0, count, 1 << 24):
-            writer.add_document(rng.integers(0, GPT2_VOCAB_SIZE, min(1 << 24, count - start)).astype(dtype))
+            writer.add_documents(rng.integers(0, GPT2_VOCAB_SIZE, min(1 << 24, count - start)).astype(dtype))
         splits[split] = writer.close()
     shards.write_manifest(out, {"format": shards.FORMAT, "tokenizer": TOKENIZER_NAME,
                                 "vocab_size": GPT2_VOCAB_SIZE, "eot_token": EOT_TOKEN, "dtype": dtype.name,

@@ -73,8 +73,9 @@ def build_parser() -> ArgumentParser:
     prep.add_argument("--megabytes", type=positive_int, default=64)
     prep.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                       help="the most worker processes: 1, 2, 4, ... and this many are measured")
-    prep.add_argument("--repeats", type=positive_int, default=3,
-                      help="runs of each side at each worker count, alternating (the best counts)")
+    prep.add_argument("--repeats", type=positive_int, default=5,
+                      help="pairs of runs, tiktoken's and prepare's back to back, at each worker count (the "
+                           "median of their ratios counts)")
     gen = sub.add_parser("generate", help="tokens/s, time to first token and memory of generation, beside "
                                           "transformers'")
     gen.add_argument("--config", type=input_path,

@@ -4,12 +4,13 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PYTHON, VERDICT, run_main, run_module, wait_for_exit
+from conftest import PYTHON, VERDICT, forked_pid, run_main, run_module, wait_for_exit
 
-from gptdist.data import corpus, shards
+from gptdist.data import corpus, shards, tokenizing
 from gptdist.errors import UserError
 from gptdist.tokenizer import EOT_TOKEN, decode, encode
 
@@ -85,6 +86,49 @@ def test_output_identical_for_any_worker_count(tmp_path):
         assert {p.name: p.read_bytes() for p in out.glob("*.bin")} == reference
         assert json.loads((out / "manifest.json").read_text())["splits"] == \
             json.loads((outputs[0] / "manifest.json").read_text())["splits"]
+
+
+def test_input_folders_give_their_text_files_in_the_order_of_their_paths_parts(tmp_path):
+    root = tmp_path / "root"
+    for folder in ("a/c", "dir.txt", "../outside"):
+        (root / folder).mkdir(parents=True)
+    for name in ("a-b.txt", "a/b.txt", "a/c/d.txt", ".hidden.txt", "notes.md", "../outside/o.txt"):
+        (root / name).write_text("text")
+    (root / "linked").symlink_to(tmp_path / "outside")  # a link to a folder is not walked
+    (root / "file-link.txt").symlink_to(tmp_path / "outside" / "o.txt")  # a link to a file is a file
+    (root / "broken.txt").symlink_to(tmp_path / "nowhere")
+    assert corpus.expand_inputs([str(root)]) == [root / ".hidden.txt", root / "a/b.txt", root / "a/c/d.txt",
+                                                 root / "a-b.txt", root / "file-link.txt"]
+
+
+def test_output_does_not_depend_on_how_documents_are_grouped_into_tasks(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    write_docs(docs, 50)
+    for i in range(7):  # problems in many tasks: named and counted as in one
+        (docs / f"latin1-{i}.txt").write_bytes(b"caf\xe9 au lait " * 3)
+        (docs / f"image-{i}.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    arguments = ["--input", docs, "--shard-tokens", "300", "--val-fraction", "0.3"]
+    together = prepare(*arguments, "--out", tmp_path / "together")
+    assert together.returncode == 0, together.stderr
+    monkeypatch.setattr(tokenizing, "FIRST_TASK_DOCUMENTS", 1)
+    monkeypatch.setattr(tokenizing, "TASK_TOKENS", 1)  # one document a task
+    apart = prepare(*arguments, "--out", tmp_path / "apart")
+    assert apart.returncode == 0, apart.stderr
+    assert folder_bytes(tmp_path / "apart") == folder_bytes(tmp_path / "together")  # the summary's names too
+    assert len(shards.read_manifest(tmp_path / "apart").shard_paths("train")) > 3
+
+
+def test_the_prepare_benchmark_sets_prepare_beside_tiktoken_at_each_worker_count(download_cache):
+    result = run_module("gptdist.bench", "prepare", "--megabytes", "1", "--workers", "2", "--repeats", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["documents"] > 50 and row["tokens"] > 200_000  # The Verdict's paragraphs, to a megabyte
+    assert [count["workers"] for count in row["by_workers"]] == [1, 2]
+    for count in row["by_workers"]:
+        assert len(count["pairs"]) == 3 and all(ratio > 0 for ratio in count["pairs"])
+        assert count["prepare_vs_tiktoken"] == pytest.approx(sorted(count["pairs"])[1], abs=1e-3)
+    lowest = min(count["prepare_vs_tiktoken"] for count in row["by_workers"])
+    assert row["lowest_prepare_vs_tiktoken"] == lowest
 
 
 def test_manifest_checksums_and_verify(tmp_path, verdict_data):
@@ -264,9 +308,9 @@ def folder_bytes(folder):
 
 def test_a_killed_prepare_resumes_and_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path):
     docs = tmp_path / "docs"
-    write_docs(docs, 3000, words=400)
+    write_docs(docs, 3000, words=1000)  # 4M tokens: the workers are busy when it is killed
     out = tmp_path / "out"
-    arguments = ["--input", docs, "--out", out, "--workers", "1", "--shard-tokens", "20000"]
+    arguments = ["--input", docs, "--out", out, "--workers", "2", "--shard-tokens", "500000"]
     proc = subprocess.Popen([PYTHON, "-m", "gptdist.prepare", *map(str, arguments)], stderr=subprocess.PIPE,
                             env=os.environ)
     record = tmp_path / ".out.partial" / "progress.json"
@@ -274,14 +318,17 @@ def test_a_killed_prepare_resumes_and_ends_byte_for_byte_as_an_uninterrupted_one
     while not (record.exists() and json.loads(record.read_text())["documents"] >= 600):  # several shards
         assert proc.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
         time.sleep(0.02)
+    main = forked_pid(proc)
+    workers = [int(pid) for pid in Path(f"/proc/{main}/task/{main}/children").read_text().split()]
+    assert len(workers) == 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    wait_for_exit([proc.pid])
     assert not out.exists() and not list(tmp_path.rglob("manifest.json"))
     done = json.loads(record.read_text())["documents"]
-    again = prepare(*arguments)  # the same command again
+    again = prepare(*arguments)  # the same command again, at once: the killed one's workers hold no lock
     assert again.returncode == 0, again.stderr
     assert f"resuming a prepare killed after {done:,} documents" in again.stderr
+    wait_for_exit(workers)  # and they end: their main process gone, they have nothing to wait for
     assert not list(tmp_path.glob(".out.*")) and shards.verify(out)
     whole = prepare(*arguments[:3], tmp_path / "whole", *arguments[4:])
     assert whole.returncode == 0, whole.stderr
@@ -328,24 +375,34 @@ def test_a_folder_killed_while_being_replaced_is_put_back(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["out-is-input", "out-is-parent", "out-inside-input", "user-folder",
-                                  "prepared-plus-user-file"])
+                                  "prepared-plus-user-file", "input-links-into-out",
+                                  "out-inside-linked-input"])
 def test_overwrite_never_deletes_what_prepare_did_not_write(tmp_path, case):
     books = tmp_path / "books"
     write_docs(books, 3)
     (tmp_path / "notes.txt").write_text("my notes")
-    out = {"out-is-input": books, "out-is-parent": tmp_path, "out-inside-input": books / "out"}.get(
-        case, tmp_path / "out")
+    out = {"out-is-input": books, "out-is-parent": tmp_path, "out-inside-input": books / "out",
+           "out-inside-linked-input": books / "out"}.get(case, tmp_path / "out")
+    given = books
     if case == "user-folder":
         out.mkdir()
         (out / "thesis.tex").write_text("years of work")
     if case == "prepared-plus-user-file":
         assert prepare("--input", books, "--out", out).returncode == 0
         (out / "thesis.tex").write_text("years of work")
+    if case == "input-links-into-out":  # a file of the input folder is a link to a file of --out
+        assert prepare("--input", books, "--out", out).returncode == 0
+        (books / "linked.txt").symlink_to(out / "manifest.json")
+    if case == "out-inside-linked-input":  # the input is a link to the folder that holds --out
+        given = tmp_path / "library"
+        given.symlink_to(books)
     everything = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    result = prepare("--input", books, "--out", out, "--overwrite")
+    result = prepare("--input", given, "--out", out, "--overwrite")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = {"out-is-input": "is the input", "out-is-parent": "holds the input",
                 "out-inside-input": "lies inside the input",
+                "out-inside-linked-input": "lies inside the input",
+                "input-links-into-out": f"holds the input {books / 'linked.txt'}",
                 "user-folder": "holds 'thesis.tex', which prepare did not write",
                 "prepared-plus-user-file": "holds 'thesis.tex', which prepare did not write"}[case]
     assert expected in result.stderr and "--overwrite to replace" not in result.stderr

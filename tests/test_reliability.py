@@ -309,7 +309,7 @@ def test_a_prompt_beyond_the_vocabulary_stops_the_run_before_it_trains(tmp_path)
                                         10_000) for split in shards.SPLITS}
     rng = np.random.default_rng(0)
     for split, count in (("train", 4000), ("val", 600)):
-        writer[split].add_document(rng.integers(0, 1000, count).astype("<u2"))
+        writer[split].add_documents(rng.integers(0, 1000, count).astype("<u2"))
     shards.write_manifest(data,
                           {"format": shards.FORMAT, "tokenizer": "custom", "vocab_size": 1000,
                            "eot_token": 999,

@@ -22,6 +22,7 @@ VERDICT_URL = (
 VERDICT_SIZE = 20479
 VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
 DATASETS = ("verdict",)
+READ_BYTES = 1 << 22  # a read's most bytes
 LOCAL_HF_BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "csv": "csv", "text": "text"}
 
 
@@ -44,7 +45,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            found = [Path(p) for p in sorted(_text_files(str(path)), key=_parts)]
             if not found:
                 raise UserError(f"input folder {path} holds no *.txt files")
             files.extend(found)
@@ -58,10 +59,40 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path) -> tuple[str | None, int]:
+def _text_files(folder: str) -> Iterator[str]:
+    """The *.txt files under `folder` and its subfolders (not those behind a link to a folder, as
+    Path.rglob), unsorted: one scandir per folder, whose entries know their type without a stat each (an
+    input of 10^5 files is listed in a fraction of a second)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _text_files(entry.path)
+            elif entry.name.endswith(".txt") and entry.is_file():
+                yield entry.path
+
+
+def _parts(path: str) -> list[str]:
+    """The order in which Paths sort (by their parts), for path strings."""
+    return path.split(os.sep)
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """A file's bytes in as few system calls as can be: a buffered open() costs a 10 kB file about half
+    again the time of reading it, and prepare reads every document once."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(descriptor, READ_BYTES):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
+
+
+def read_text(path: str | Path) -> tuple[str | None, int]:
     """A file's text as UTF-8; undecodable bytes become U+FFFD and are counted. None for a file that is not
     text (it holds NUL bytes, as binary formats do and text never does)."""
-    data = Path(path).read_bytes()
+    data = _read_bytes(path)
     if b"\x00" in data:
         return None, 0
     try:

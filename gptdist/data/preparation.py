@@ -10,13 +10,10 @@ input's documents, each document split as in a prepare of the whole; merge.py jo
 """
 
 import glob
-import hashlib
-import multiprocessing
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,10 +24,8 @@ from .. import __version__
 from ..errors import UserError
 from ..files.replace import Kind, check_apart, clean_stale_temporaries, replace_folder
 from ..tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, TOKENIZER_NAME, gpt2_encoding
-from . import corpus, progress, shards
+from . import corpus, progress, shards, tokenizing
 from .tally import Tally
-
-DOCS_PER_TASK = 32  # documents sent to a worker at once: amortises inter-process overhead (8: 0.1x slower)
 
 
 @dataclass
@@ -52,85 +47,6 @@ class PrepareOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # tokenizer processes
     shard_tokens: int = 100_000_000  # tokens per shard
     part: tuple[int, int] | None = None  # (K, N): the K-th of N consecutive runs of the input's documents
-
-
-def tokenize_document(ref: str | Path, gutenberg: bool) -> tuple[np.ndarray | None, dict]:
-    """One document (a path to read, or the text itself) to its tokens plus EOT, or None if skipped."""
-    replaced, name = 0, str(ref) if isinstance(ref, Path) else None
-    if isinstance(ref, Path):
-        text, replaced = corpus.read_text(ref)
-        if text is None:
-            return None, {"skipped": "not text (NUL bytes)", "replaced": 0, "name": name}
-    else:
-        text = ref
-    if gutenberg:
-        text, why = corpus.clean_gutenberg(text)
-        if text is None:
-            return None, {"skipped": why, "replaced": replaced, "name": name}
-    # encode_ordinary's ids straight into a numpy buffer (no Python list): with nothing allowed
-    # and nothing disallowed, text that looks like a special token is ordinary text.
-    ids = gpt2_encoding().encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-    tokens = np.empty(len(ids) + 1, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
-    tokens[:-1] = ids
-    tokens[-1] = EOT_TOKEN
-    return tokens, {"skipped": None, "replaced": replaced, "name": name}
-
-
-def _tokenize_task(task: tuple[list, bool, bool]) -> list:
-    refs, gutenberg, files = task
-    return [tokenize_document(Path(ref) if files else ref, gutenberg) for ref in refs]
-
-
-def _task(batch: list, gutenberg: bool) -> tuple[list, bool, bool]:
-    """A batch of documents as a worker gets it: paths as plain strings (a Path pickles several times
-    slower, and the main process's time is what the workers wait for)."""
-    files = isinstance(batch[0], Path)
-    return ([os.fspath(ref) for ref in batch] if files else batch), gutenberg, files
-
-
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def tokenized_documents(refs: Iterable, gutenberg: bool, workers: int) -> Iterator[tuple]:
-    """(tokens, stats) per document, in input order, tokenized by `workers` processes (one: this one; a
-    thread beside it was slower, the two taking turns at the GIL).
-
-    Pool.imap would read the whole input ahead of the workers (a streamed 100 GB
-    dataset included), so at most a few tasks per worker are kept in flight.
-    """
-    tasks = (_task(batch, gutenberg) for batch in _batched(refs, DOCS_PER_TASK))
-    if workers <= 1:
-        for task in tasks:
-            yield from _tokenize_task(task)
-        return
-    with worker_pool(workers) as pool:
-        in_flight: deque = deque()
-        for task in tasks:
-            in_flight.append(pool.apply_async(_tokenize_task, (task,)))
-            if len(in_flight) >= 4 * workers:
-                yield from in_flight.popleft().get()
-        while in_flight:
-            yield from in_flight.popleft().get()
-
-
-def worker_pool(workers: int):
-    """A pool of `workers` processes, forked where the platform can (the tokenizer loaded here goes along)."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
-
-
-def goes_to_val(index: int, seed: int, val_fraction: float) -> bool:
-    """A seeded, order-independent coin for document `index`."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
 def split_inside_text(folder: Path, train: dict, val: dict, val_fraction: float, shard_tokens: int) -> dict:
@@ -250,21 +166,22 @@ def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions,
     first = source["part"]["first_document"] if "part" in source else 0  # the split's coin is global
     start = time.perf_counter()
     bar = tqdm(desc="prepare", unit=" docs", file=sys.stderr, dynamic_ncols=True, initial=done)
-    documents = tokenized_documents(_documents_from(refs, args, done), args.gutenberg, args.workers)
-    for index, (tokens, stats) in enumerate(documents, start=done):
-        bar.update()
-        tally.add(stats, first + index)
-        if tokens is not None:
-            split = "val" if goes_to_val(first + index, args.seed, args.val_fraction) else "train"
-            writers[split].add_document(tokens)
+    documents = tokenizing.tokenized(_documents_from(refs, args, done), first + done, args.gutenberg,
+                                     tokenizing.Split(args.seed, args.val_fraction), args.workers)
+    for result in documents:
+        for index, stats in result.problems:
+            tally.add(stats, index)
+        for name, writer in writers.items():
+            writer.add_documents(result.tokens[name], result.documents[name])
+        done += result.count
         shards_begun = sum(len(writer.shards) for writer in writers.values())
         if record.due(shards_begun):
-            record.save({"documents": index + 1, "tally": tally.state_dict(),
+            record.save({"documents": done, "tally": tally.state_dict(),
                          "writers": {name: writer.state_dict() for name, writer in writers.items()}},
                         shards_begun)
-        if index % DOCS_PER_TASK == 0:  # the rate now and then: the main process's time is the workers' wait
-            written = sum(writer.tokens for writer in writers.values())
-            bar.set_postfix_str(f"{written / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
+        written = sum(writer.tokens for writer in writers.values())
+        bar.set_postfix_str(f"{written / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
+        bar.update(result.count)
     bar.close()
     splits = {name: writer.close() for name, writer in writers.items()}
     if splits["train"]["documents"] + splits["val"]["documents"] == 0 and not args.part:

@@ -20,6 +20,19 @@ from ..errors import UserError
 
 PROGRESS = "progress.json"
 PROGRESS_SECONDS = 10.0  # at most this much work is done again after a kill (and every finished shard)
+_HELD_LOCKS: set[int] = set()  # the descriptors this process holds a partial folder's lock by
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a tokenizer worker): close the copies of the locks' descriptors. A flock lasts
+    while any copy is open, so a worker still finishing its task would keep a killed prepare's folder
+    locked, and the same command run again at once would be refused."""
+    for descriptor in _HELD_LOCKS:
+        os.close(descriptor)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def partial_folder(out: Path) -> Path:
@@ -52,6 +65,7 @@ class PrepareProgress:
             os.close(self._lock)
             raise UserError(f"another prepare is writing {folder} (the same --out) now; wait for it to end") \
                 from None
+        _HELD_LOCKS.add(self._lock)
         self._saved_at, self._shards = time.monotonic(), 0
 
     def resumable(self) -> dict | None:
@@ -85,4 +99,5 @@ class PrepareProgress:
     def finish(self) -> None:
         """The prepare is complete: the record goes (the folder becomes the output) and the lock with it."""
         self.path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(self._lock)
         os.close(self._lock)

@@ -2,6 +2,7 @@
 tiktoken's."""
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from .. import config
 from ..files.replace import own_temporary_folder
 from ..tokenizer import gpt2_encoding
 from . import corpus, sources
-from .preparation import DOCS_PER_TASK, PrepareOptions, prepare, worker_pool
+from .preparation import PrepareOptions, prepare
+from .workers import start_context
 
 
 def bench_data(args) -> dict:
@@ -55,11 +57,11 @@ def tiktoken_rate(texts: list[str], workers: int) -> float:
     if workers == 1:
         start = time.perf_counter()
         return _count_tokens(texts) / (time.perf_counter() - start)
-    chunks = [texts[i : i + DOCS_PER_TASK] for i in range(0, len(texts), DOCS_PER_TASK)]
-    with worker_pool(workers) as pool:
+    chunks = [texts[k :: 8 * workers] for k in range(8 * workers)]  # few messages, no worker idle long
+    with start_context().Pool(workers) as pool:
         pool.map(_count_tokens, [texts[:1]] * workers)  # every process started, its tokenizer loaded
         start = time.perf_counter()
-        tokens = sum(pool.map(_count_tokens, chunks))
+        tokens = sum(pool.map(_count_tokens, chunks, chunksize=1))
         return tokens / (time.perf_counter() - start)
 
 
@@ -68,9 +70,18 @@ def worker_counts(most: int) -> list[int]:
     return sorted({most, *(2**k for k in range(most.bit_length()) if 2**k <= most)})
 
 
+def _prepared(docs: Path, out: Path, workers: int) -> tuple[int, float]:
+    """(tokens, seconds) of one prepare of `docs`, its output removed."""
+    manifest, seconds = prepare(PrepareOptions(out=str(out), input=[str(docs)], workers=workers))
+    shutil.rmtree(out)
+    return sum(split["tokens"] for split in manifest["splits"].values()), seconds
+
+
 def bench_prepare(args) -> dict:
     """prepare's tokens/s beside tiktoken's raw rate over the same number of processes, at each worker
-    count, on a synthetic corpus of many documents (`args.repeats` of each, alternating: the best)."""
+    count, on a synthetic corpus of many documents: `args.repeats` pairs of runs back to back (which goes
+    first alternating), the median of the pairs' ratios (this machine's speed drifts by a quarter from
+    minute to minute: a pair sees the same machine, the best of each side may not)."""
     gpt2_encoding()  # offline without its files: one line now, before any work
     corpus.verdict_path()
     tmp = own_temporary_folder("gptdist-bench")
@@ -80,15 +91,17 @@ def bench_prepare(args) -> dict:
         rows = []
         for workers in worker_counts(args.workers):
             raw, rates = [], []
-            for _ in range(args.repeats):  # alternating, best of each: the machine's drift hits both alike
-                raw.append(tiktoken_rate(texts, workers))
-                manifest, seconds = prepare(PrepareOptions(out=str(tmp / "out"), input=[str(docs)],
-                                                           workers=workers))
-                tokens = sum(s["tokens"] for s in manifest["splits"].values())
+            for repeat in range(args.repeats):
+                if repeat % 2 == 0:
+                    raw.append(tiktoken_rate(texts, workers))
+                tokens, seconds = _prepared(docs, tmp / "out", workers)
                 rates.append(tokens / seconds)
-                shutil.rmtree(tmp / "out")
-            rows.append({"workers": workers, "prepare_tokens_per_sec": max(rates),
-                         "tiktoken_tokens_per_sec": max(raw), "prepare_vs_tiktoken": max(rates) / max(raw)})
+                if repeat % 2 == 1:
+                    raw.append(tiktoken_rate(texts, workers))
+            ratios = [rate / base for rate, base in zip(rates, raw, strict=True)]
+            rows.append({"workers": workers, "prepare_vs_tiktoken": statistics.median(ratios),
+                         "pairs": [round(ratio, 3) for ratio in ratios],
+                         "prepare_tokens_per_sec": max(rates), "tiktoken_tokens_per_sec": max(raw)})
         return {"benchmark": "prepare", "megabytes": args.megabytes, "documents": len(texts),
                 "tokens": tokens, "by_workers": rows,
                 "lowest_prepare_vs_tiktoken": min(row["prepare_vs_tiktoken"] for row in rows)}

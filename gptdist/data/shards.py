@@ -71,9 +71,10 @@ class ShardWriter:
             if self._in_shard == self.shard_tokens:
                 self._close_current()
 
-    def add_document(self, tokens: np.ndarray) -> None:
+    def add_documents(self, tokens: np.ndarray, documents: int = 1) -> None:
+        """Append `documents` whole documents, their tokens concatenated."""
         self.write(tokens)
-        self.documents += 1
+        self.documents += documents
 
     def close(self) -> dict:
         """Finish the split and return its manifest entry."""
