@@ -4,6 +4,7 @@ ahead, a task's exception raised in the main process, a dead worker as one line.
 import itertools
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -27,6 +28,18 @@ def fails_at_seven(number: int) -> int:
 def unreadable_at_five(number: int) -> int:
     if number == 5:
         tokenizing.tokenize_document(f"/nonexistent/doc{number}.txt", True, False)
+    return number
+
+
+class Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def unpicklable_at_two(number: int) -> int:
+    if number == 2:
+        raise Unpicklable()
     return number
 
 
@@ -67,6 +80,12 @@ def test_a_bug_in_a_worker_shows_where_in_the_worker_it_was():
         list(workers.ordered_map(fails_at_seven, range(20), 2))
     assert isinstance(raised.value.__cause__, workers.WorkerTraceback)
     assert 'in fails_at_seven\n    raise ValueError(f"task {number} is bad")' in str(raised.value.__cause__)
+
+
+def test_an_exception_that_cannot_be_sent_arrives_as_its_words():
+    with pytest.raises(RuntimeError, match=r"Unpicklable\('holds a lock'\)") as raised:
+        list(workers.ordered_map(unpicklable_at_two, range(10), 2))
+    assert "raise Unpicklable()" in str(raised.value.__cause__)
 
 
 def test_a_users_error_in_a_worker_is_the_one_line_it_was():

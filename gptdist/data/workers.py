@@ -11,7 +11,6 @@ so a streamed corpus is never read far ahead of its tokenizers.
 
 import fcntl
 import multiprocessing
-import pickle
 import signal
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +42,7 @@ def _serve(function: Callable, tasks: Connection, results: Connection, main_ends
                 outcome = (False, err, traceback.format_exc())
             try:
                 results.send(outcome)
-            except (pickle.PicklingError, TypeError, AttributeError) as err:  # an exception that won't pickle
+            except Exception as err:  # noqa: BLE001 - an exception that does not pickle: its words instead
                 results.send((False, RuntimeError(f"{outcome[1]!r} ({err})"), outcome[2]))
     except (EOFError, BrokenPipeError):  # the main process is gone (killed): nothing to hand back to
         pass
