@@ -26,6 +26,7 @@ from gptdist import config
 from gptdist.checkpoint import store
 from gptdist.data import documents, shards, sources
 from gptdist.data.mixture import MixtureSampler, SourceOrder, StrideStream
+from gptdist.model import document_mask
 from gptdist.model.gpt import GPTModel
 from gptdist.tokenizer import EOT_TOKEN
 
@@ -137,6 +138,27 @@ def test_with_the_mask_a_document_is_not_changed_by_another_in_its_window(positi
     assert torch.equal(*logits["masked"])
     assert not torch.allclose(*logits["plain"], atol=1e-3)  # without the mask, attention reads the other one
     assert torch.allclose(masked(with_one)[0, :11, :50257], plain(with_one)[0, :11, :50257], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-model", "compiled-model"])
+def test_the_flex_attention_path_masks_as_the_boolean_mask_does(monkeypatch, compiled):
+    """The CUDA path of model.document_mask (a FlexAttention BlockMask, FlexAttention compiled alone or in
+    the model's graph as under train.compile), run on this CPU, where FlexAttention runs forward (not
+    backward): the BlockMask is the boolean mask's."""
+    cfg = config.build({"model": {"emb_dim": 64, "n_heads": 4, "n_layers": 2, "context_length": 128,
+                                  "drop_rate": 0.0, "document_mask": True, "positions": "rotary"}}).model
+    torch.manual_seed(0)
+    model = GPTModel(cfg).eval()
+    windows = torch.randint(0, 50000, (2, 128))
+    windows[0, [10, 40, 41, 90]] = EOT_TOKEN  # documents of 11, 30, 1, 49 and 37 tokens; one of 100 and 28
+    windows[1, 99] = EOT_TOKEN
+    with torch.no_grad():
+        boolean = model(windows)[..., :50257]
+        monkeypatch.setattr(document_mask, "uses_flex", lambda device, dropout: dropout == 0.0)
+        assert not isinstance(document_mask.make(windows, EOT_TOKEN, 0.0), torch.Tensor)  # a BlockMask
+        flex = (torch.compile(model) if compiled else model)(windows)[..., :50257]
+    assert torch.allclose(flex, boolean, atol=1e-5)
 
 
 MIXTURE = ("train.max_steps=24", "checkpoint.interval=4", "checkpoint.keep=10", "eval.interval=12",

@@ -7,8 +7,9 @@ query attends to the keys before it in its own document only: a block-causal mas
 
 On a CPU (or wherever dropout is on, which FlexAttention does not do) the mask is a boolean
 (batch, 1, tokens, tokens) tensor for scaled_dot_product_attention. On CUDA it is a FlexAttention
-BlockMask, made once per forward and shared by every layer, and attention runs compiled
-FlexAttention, which skips the blocks that the mask empties.
+BlockMask, made once per forward (outside a compiled model's graph) and shared by every layer, and
+attention runs compiled FlexAttention, which skips the blocks that the mask empties. The tests run
+that path on CPU too, forward (FlexAttention has no CPU backward), against the boolean mask.
 """
 
 import functools
@@ -39,16 +40,22 @@ def _compiled_flex():
 def make(idx: torch.Tensor, eot: int, dropout: float):
     """The block-causal mask of the windows `idx` (batch, tokens), in the form `attend` takes."""
     documents = document_ids(idx, eot)
-    batch, tokens = idx.shape
     if uses_flex(idx.device, dropout):
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def same_document_causal(b, h, q, kv):
-            return (q >= kv) & (documents[b, q] == documents[b, kv])
-
-        return create_block_mask(same_document_causal, batch, None, tokens, tokens, device=idx.device)
+        return _block_mask(documents)
+    tokens = idx.shape[1]
     causal = torch.ones(tokens, tokens, dtype=torch.bool, device=idx.device).tril()
     return ((documents[:, :, None] == documents[:, None, :]) & causal).unsqueeze(1)
+
+
+@torch.compiler.disable  # made outside a compiled model's graph, as torchtitan does: inside it, inductor
+def _block_mask(documents: torch.Tensor):  # could not lower it (torch 2.13, on CPU)
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_document_causal(b, h, q, kv):
+        return (q >= kv) & (documents[b, q] == documents[b, kv])
+
+    batch, tokens = documents.shape
+    return create_block_mask(same_document_causal, batch, None, tokens, tokens, device=documents.device)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout: float) -> torch.Tensor:
@@ -58,4 +65,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout: flo
     from torch.nn.attention.flex_attention import flex_attention
 
     attention = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
-    return attention(q, k, v, block_mask=mask)
+    # contiguous: inside a compiled model's graph, FlexAttention read the heads' permuted views wrongly
+    # (torch 2.13 on CPU: logits 0.8 off; tests/test_mixture.py), a copy of each it reads right
+    return attention(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
