@@ -58,13 +58,13 @@ def split_inside_text(folder: Path, train: dict, val: dict, val_fraction: float,
     total = whole["tokens"]
     n_val = max(1, int(round(val_fraction * total)))
     writers = {
-        name: shards.ShardWriter(folder, name, shards.token_dtype(GPT2_VOCAB_SIZE), shard_tokens)
+        name: shards.ShardWriter(folder, name, tokenizing.TOKEN_DTYPE, shard_tokens)
         for name in shards.SPLITS
     }
     position = 0
     for path in sources:
         old = path.with_suffix(".old")
-        tokens = np.fromfile(old, dtype=shards.token_dtype(GPT2_VOCAB_SIZE))
+        tokens = np.fromfile(old, dtype=tokenizing.TOKEN_DTYPE)
         cut = min(max(total - n_val - position, 0), len(tokens))
         writers["train"].write(tokens[:cut])
         writers["val"].write(tokens[cut:])
@@ -132,8 +132,8 @@ def prepare(args: PrepareOptions) -> tuple[dict, float]:
 def _started(tmp: Path, args: PrepareOptions, record: progress.PrepareProgress) -> tuple[dict, Tally, int]:
     """(each split's writer, the tally, the documents done): where a killed prepare of these arguments
     was, or the start."""
-    dtype = shards.token_dtype(GPT2_VOCAB_SIZE)
-    writers = {name: shards.ShardWriter(tmp, name, dtype, args.shard_tokens) for name in shards.SPLITS}
+    writers = {name: shards.ShardWriter(tmp, name, tokenizing.TOKEN_DTYPE, args.shard_tokens)
+               for name in shards.SPLITS}
     tally, state = Tally(), record.resumable()
     if state is None:
         return writers, tally, 0
@@ -198,7 +198,7 @@ def _write_shards(tmp: Path, refs: Iterable, source: dict, args: PrepareOptions,
         "tokenizer": TOKENIZER_NAME,
         "vocab_size": GPT2_VOCAB_SIZE,
         "eot_token": EOT_TOKEN,
-        "dtype": shards.token_dtype(GPT2_VOCAB_SIZE).name,
+        "dtype": tokenizing.TOKEN_DTYPE.name,
         "splits": splits,
         "source": {
             **source,
