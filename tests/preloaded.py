@@ -40,9 +40,13 @@ PRELOAD = ("torch", "torch._dynamo", "torch.distributed.run", "gptdist.train", "
 # Modules and scripts served from the fork; anything else goes to a new interpreter.
 MODULES = ("gptdist.", "torch.distributed.run")
 SCRIPTS = (REPO / "benchmarks", REPO / "tests")
-# Variables that shape what an import does: a command whose values differ from the server's gets a new
-# interpreter. PYTHONPATH may add the checkout and folders of tests/ (`_added_paths`).
-IMPORT_VARIABLES = ("PYTHONHOME", "PYTHONWARNINGS", "PYTHONSAFEPATH", "MPLBACKEND", "TORCH_LOGS")
+# Variables that shape what an import does, or what an interpreter fixes at its start: a command whose
+# values differ from the server's gets a new interpreter. PYTHONPATH may add the checkout and folders of
+# tests/ (`_added_paths`). A fork shares the server's hash seed (fixed at its start): a command that names
+# one of its own (PYTHONHASHSEED) gets a new interpreter; one that does not gets the server's random one,
+# where a new interpreter would draw its own (tests/test_fresh.py runs what depends on that fresh).
+IMPORT_VARIABLES = ("PYTHONHOME", "PYTHONWARNINGS", "PYTHONSAFEPATH", "MPLBACKEND", "TORCH_LOGS",
+                    "PYTHONHASHSEED", "PYTHONDEVMODE", "PYTHONTRACEMALLOC")
 IMPORT_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "PYTORCH_", "TORCH_COMPILE")
 
 LAUNCHER = r'''#!{python} -SE
@@ -228,8 +232,10 @@ def _standard_streams(unbuffered: bool) -> None:
 
 def _fresh_process_state() -> None:
     """What a new interpreter has that a fork would share with its siblings: random seeds of its own, its
-    thread count from OMP_NUM_THREADS, default signal handlers; the tokenizer the server loaded only if
-    its TIKTOKEN_CACHE_DIR is the command's."""
+    thread count from OMP_NUM_THREADS, default signal handlers, faulthandler where PYTHONFAULTHANDLER asks
+    for it; the tokenizer the server loaded only if its TIKTOKEN_CACHE_DIR is the command's."""
+    import faulthandler
+
     import numpy as np
     import tiktoken.registry
     import torch
@@ -247,6 +253,8 @@ def _fresh_process_state() -> None:
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if os.environ.get("PYTHONFAULTHANDLER"):
+        faulthandler.enable(all_threads=True)
 
 
 def _run(connection: socket.socket) -> int:
@@ -290,7 +298,9 @@ def _run(connection: socket.socket) -> int:
         sys.excepthook(*sys.exc_info())
         code = 1
     finally:
-        atexit._run_exitfuncs()  # as an interpreter does at its end
+        # as an interpreter does at its end: wait for every non-daemon thread, then the exit functions
+        threading._shutdown()
+        atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -12,16 +12,17 @@ follow by hand.
 import argparse
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 import types
 import typing
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, command_module, run_main, run_module, train_args
+from inputs import train_args
+from processes import REPO, command_module, run_main, run_module
 
 from gptdist import bench, config, evaluate, export, generate, prepare, train
 from gptdist.arguments import INPUT, Number, PathArgument, Text
@@ -285,8 +286,7 @@ def snapshot(root):
 
 
 @pytest.mark.parametrize("command, arguments, expected, kind", CASES,
-                         ids=[f"{Path(c[0]).stem.removeprefix('gptdist.')} {' '.join(c[1])[-60:]}"
-                              for c in CASES])
+                         ids=[f"{c[0]} {' '.join(c[1])} ({c[3]})" for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, arguments, expected, kind):
     if "cuda" in arguments and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -298,15 +298,20 @@ def test_bad_input_is_one_line_and_changes_nothing(finished_run, command, argume
         arguments = train_args(places["data"], places["run"], *arguments)
     elif command == TRAIN and arguments[:1] == ["--config"]:
         arguments = [*arguments, f"run.out_dir={places['run']}"]
+    named = [expected, hostile] if kind == "path" else [expected]
+    case = (f"{command} {shlex.join(arguments)}\n"
+            f"({kind}: expected exit 2 and one line naming {' or '.join(named)})")
     before = snapshot(root)
     result = run_main(command, *arguments)
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == 2, f"{case}\nexit {result.returncode}, stderr:\n{result.stderr[-2000:]}"
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    named = [expected, hostile] if kind == "path" else [expected]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, f"{case}\nstderr:\n{result.stderr[-2000:]}"
     program = command.removeprefix("benchmarks/")  # a script names itself by its file
-    assert lines[0].startswith(f"{program}: error: ") and any(n in lines[0] for n in named), lines[0]
-    assert snapshot(root) == before
+    assert lines[0].startswith(f"{program}: error: ") and any(n in lines[0] for n in named), \
+        f"{case}\nthe line: {lines[0]}"
+    after = snapshot(root)
+    changed = sorted(str(path) for path in {*before, *after} if before.get(path) != after.get(path))
+    assert not changed, f"{case}\nchanged: {changed}"
 
 
 def test_the_table_covers_every_key_and_flag():

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO
+from processes import REPO
 
 # One layer of width 16 and 16-token windows: each run is a second or two of work, its start-up aside.
 TINY_GPTDIST = ("train.device=cpu train.precision=fp32 train.compile=false model.n_layers=1 model.emb_dim=16 "

@@ -3,7 +3,9 @@ import subprocess
 
 import pytest
 import torch
-from conftest import REPO, TINY, make_unwritable, run_main
+from inputs import TINY
+from processes import REPO, run_main
+from stand_ins import make_unwritable
 
 from gptdist import distributed
 from gptdist.checkpoint import store

@@ -6,21 +6,12 @@ write says so; an fsdp model is never whole on any rank; 4 processes resume bit 
 and under fsdp from shards and from one file."""
 
 import json
-import os
 import shutil
 import subprocess
 
 import pytest
-from conftest import (
-    PYTHON,
-    REPO,
-    metrics_rows,
-    newest_model,
-    same_weights,
-    torchrun_command,
-    train_args,
-    wait_for,
-)
+from inputs import metrics_rows, newest_model, same_weights, train_args
+from processes import PYTHON, REPO, hooks_env, start, torchrun_command, train, wait_for
 
 from gptdist.checkpoint import pretrained, sharded, store
 
@@ -58,56 +49,48 @@ def test_under_ddp_a_save_copies_the_state_on_rank_0_only_and_a_resume_adds_litt
         assert resumed - fresh < 0.5 * size_mb, (rank, ranks[rank], size_mb)
 
 
-def run(out, nproc, *overrides, data, env=None):
-    command = torchrun_command(nproc, *train_args(data, out, "model.drop_rate=0.0", *overrides))
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+def no_dropout(data, out, *overrides):
+    """train_args without dropout: runs that must reach the same weights in other ways."""
+    return train_args(data, out, "model.drop_rate=0.0", *overrides)
 
 
 def test_ranks_other_than_0_resume_without_opening_the_checkpoint(tmp_path, verdict_data):
     steps = ("checkpoint.interval=2", "checkpoint.keep=10", "eval.interval=100")
     out, whole = tmp_path / "run", tmp_path / "whole"
-    assert run(out, 2, "train.max_steps=2", *steps, data=verdict_data).returncode == 0
+    train(2, *no_dropout(verdict_data, out, "train.max_steps=2", *steps))
     opened = tmp_path / "opened"
-    opened.mkdir()
-    guard = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
-                                                          os.environ.get("PYTHONPATH", "")]),
-             "GPTDIST_TEST_UNREADABLE": str(out / "checkpoints"), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
-             "GPTDIST_TEST_OPENED": str(opened)}
-    resumed = run(out, 2, "train.max_steps=4", *steps, data=verdict_data, env=guard)
+    guard = hooks_env(unreadable=out / "checkpoints", unreadable_ranks="1", opened=opened)
+    resumed = train(2, *no_dropout(verdict_data, out, "train.max_steps=4", *steps), env=guard)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     # rank 0 read the checkpoint (the guard saw it); rank 1, which could not, never tried
     assert "step_00000002.pt" in (opened / "rank-0").read_text()
     assert not (opened / "rank-1").exists()
-    assert run(whole, 2, "train.max_steps=4", *steps, data=verdict_data).returncode == 0
+    train(2, *no_dropout(verdict_data, whole, "train.max_steps=4", *steps))
     assert same_weights(newest_model(out), newest_model(whole))  # what rank 1 received is rank 0's
 
 
 def test_model_init_from_is_not_read_again_at_a_resume(tmp_path, verdict_data):
     source, out = tmp_path / "source", tmp_path / "run"
-    assert run(source, 1, "train.max_steps=2", data=verdict_data).returncode == 0
-    first = run(out, 2, "train.max_steps=2", "checkpoint.interval=2", f"model.init_from={source}",
-                data=verdict_data)
+    train(1, *no_dropout(verdict_data, source, "train.max_steps=2"))
+    first = train(2, *no_dropout(verdict_data, out, "train.max_steps=2", "checkpoint.interval=2",
+                                 f"model.init_from={source}"))
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.rmtree(source)  # its architecture is recorded in the run's checkpoints
-    resumed = run(out, 2, "train.max_steps=4", "checkpoint.interval=2", f"model.init_from={source}",
-                  data=verdict_data)
+    resumed = train(2, *no_dropout(verdict_data, out, "train.max_steps=4", "checkpoint.interval=2",
+                                   f"model.init_from={source}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "initialised from" not in resumed.stdout
 
 
 def test_under_fsdp_model_init_from_is_read_by_rank_0_alone(tmp_path, verdict_data):
     source, opened = tmp_path / "source", tmp_path / "opened"
-    assert run(source, 1, "train.max_steps=2", data=verdict_data).returncode == 0
-    opened.mkdir()
-    guard = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "unreadable"),
-                                                          os.environ.get("PYTHONPATH", "")]),
-             "GPTDIST_TEST_UNREADABLE": str(source), "GPTDIST_TEST_UNREADABLE_RANKS": "1",
-             "GPTDIST_TEST_OPENED": str(opened)}
+    train(1, *no_dropout(verdict_data, source, "train.max_steps=2"))
+    guard = hooks_env(unreadable=source, unreadable_ranks="1", opened=opened)
     steps = ("train.max_steps=2", "checkpoint.interval=2", "eval.interval=100", f"model.init_from={source}")
-    ddp = run(tmp_path / "ddp", 2, *steps, data=verdict_data)
-    fsdp = run(tmp_path / "fsdp", 2, *steps, "train.parallel=fsdp", "checkpoint.sharded=false",
-               data=verdict_data, env=guard)
+    ddp = train(2, *no_dropout(verdict_data, tmp_path / "ddp", *steps))
+    fsdp = train(2, *no_dropout(verdict_data, tmp_path / "fsdp", *steps, "train.parallel=fsdp",
+                                "checkpoint.sharded=false"), env=guard)
     for result in (ddp, fsdp):
         assert result.returncode == 0, result.stderr[-3000:]
         assert "initialised from the weights of" in result.stdout
@@ -123,14 +106,11 @@ def test_under_fsdp_model_init_from_is_read_by_rank_0_alone(tmp_path, verdict_da
 
 def test_a_save_that_waits_for_the_previous_write_says_so_once(tmp_path, verdict_data):
     out, gate = tmp_path / "run", tmp_path / "gate"
-    gate.mkdir()
-    args = train_args(verdict_data, out, "model.drop_rate=0.0", "train.max_steps=4", "checkpoint.interval=1",
-                      "checkpoint.keep=10", "logging.interval=1")
-    held = {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
-    job = subprocess.Popen(torchrun_command(2, *args), cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env=held)
+    args = no_dropout(verdict_data, out, "train.max_steps=4", "checkpoint.interval=1", "checkpoint.keep=10",
+                      "logging.interval=1")
+    job = start(torchrun_command(2, *args), env=hooks_env(gate=gate), stderr=subprocess.STDOUT)
     # step 1's write is held until step 2's save has begun to wait for it
-    wait_for((gate / "save-2.waits").exists, job)
+    wait_for((gate / "step_00000001.pt.awaited").exists, job)
     (gate / "all").touch()
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]
@@ -148,7 +128,7 @@ def test_an_fsdp_rank_never_holds_the_whole_model(tmp_path, verdict_data):
     peaks = {}
     for parallel in ("ddp", "fsdp"):
         out = tmp_path / parallel
-        result = run(out, 4, f"train.parallel={parallel}", *shape, data=verdict_data)
+        result = train(4, *no_dropout(verdict_data, out, f"train.parallel={parallel}", *shape))
         assert result.returncode == 0, result.stderr[-3000:]
         start = next(row for row in metrics_rows(out) if row.get("event") == "start")
         peaks[parallel] = start["host_peak_mb"]
@@ -168,7 +148,7 @@ def test_four_processes_resume_bit_for_bit(tmp_path, verdict_data, parallel, for
               f"checkpoint.sharded={str(form == 'sharded').lower()}")
     whole, halves = tmp_path / "whole", tmp_path / "halves"
     for out, steps in ((whole, 4), (halves, 2), (halves, 4)):  # the third resumes the second
-        result = run(out, 4, f"train.max_steps={steps}", *run_of, data=verdict_data)
+        result = train(4, *no_dropout(verdict_data, out, f"train.max_steps={steps}", *run_of))
         assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
     ends = [store.checkpoint_paths(out / "checkpoints")[-1] for out in (whole, halves)]

@@ -6,17 +6,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import (
-    REPO,
-    kill_a_worker_once_saved,
-    metrics_rows,
-    newest_model,
-    run_main,
-    same_weights,
-    tmpfs,
-    torchrun_command,
-    train_args,
-)
+from inputs import metrics_rows, newest_model, same_weights, train_args
+from processes import REPO, kill_a_worker_once_saved, run_main, start_restartable, torchrun_command, train
+from stand_ins import tmpfs
 
 from gptdist import config
 from gptdist.checkpoint import sharded, store
@@ -31,13 +23,6 @@ RUN = ("train.max_steps=8", "train.grad_accum_steps=2", "checkpoint.interval=4",
        "train.precision=fp32")
 
 
-def train(verdict_data, out, nproc, *overrides):
-    result = subprocess.run(torchrun_command(nproc, *train_args(verdict_data, out, *RUN, *overrides)),
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def close(a: dict, b: dict, tolerance=1e-5) -> bool:
     return a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= tolerance for k in a)
 
@@ -47,9 +32,10 @@ def runs(tmp_path_factory, verdict_data):
     """The same 8 steps on 2 processes: ddp, fsdp writing one file, and fsdp with its default, sharded
     checkpoints."""
     root = tmp_path_factory.mktemp("fsdp")
-    train(verdict_data, root / "ddp", 2)
-    train(verdict_data, root / "fsdp", 2, "train.parallel=fsdp", "checkpoint.sharded=false")
-    train(verdict_data, root / "sharded", 2, "train.parallel=fsdp")
+    train(2, *train_args(verdict_data, root / "ddp", *RUN))
+    train(2, *train_args(verdict_data, root / "fsdp", *RUN, "train.parallel=fsdp",
+                         "checkpoint.sharded=false"))
+    train(2, *train_args(verdict_data, root / "sharded", *RUN, "train.parallel=fsdp"))
     return root
 
 
@@ -73,8 +59,8 @@ def test_a_checkpoint_resumes_under_the_other_parallelism_and_world_size(tmp_pat
                                                                        nproc, parallel):
     middle = runs / source / "checkpoints" / "step_00000004.pt"
     out = tmp_path / "resumed"
-    train(verdict_data, out, nproc, f"train.parallel={parallel}", "checkpoint.sharded=false",
-          f"checkpoint.resume={middle}")
+    train(nproc, *train_args(verdict_data, out, *RUN, f"train.parallel={parallel}",
+                             "checkpoint.sharded=false", f"checkpoint.resume={middle}"))
     resume = next(r for r in metrics_rows(out) if r.get("event") == "resume")
     assert resume["step"] == 4 and resume["world_size"] == nproc
     # the same data order from step 5 on, and the same updates: the uninterrupted run's weights
@@ -107,8 +93,8 @@ def test_sharded_checkpoints_are_checksummed_folders_of_the_same_state(runs):
 def test_a_sharded_checkpoint_resumes_on_another_world_size(tmp_path, verdict_data, runs, nproc, parallel):
     middle = runs / "sharded" / "checkpoints" / "step_00000004"
     out = tmp_path / "resumed"
-    train(verdict_data, out, nproc, f"train.parallel={parallel}", "checkpoint.sharded=true",
-          f"checkpoint.resume={middle}")
+    train(nproc, *train_args(verdict_data, out, *RUN, f"train.parallel={parallel}",
+                             "checkpoint.sharded=true", f"checkpoint.resume={middle}"))
     assert close(newest_model(runs / "fsdp"), _sharded_model(out))
 
 
@@ -142,11 +128,8 @@ def test_killed_fsdp_worker_is_restarted_and_ends_on_the_uninterrupted_weights(t
     out = tmp_path / "run"
     overrides = ["train.parallel=fsdp", f"checkpoint.sharded={str(sharded).lower()}"]
     first = out / "checkpoints" / ("step_00000004" if sharded else "step_00000004.pt")
-    command = torchrun_command(2)
-    agent = subprocess.Popen([*command[:4], "--max-restarts=1", *command[4:],
-                              *train_args(verdict_data, out, *RUN, *overrides)],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    kill_a_worker_once_saved(agent, first)
+    agent = start_restartable(2, *train_args(verdict_data, out, *RUN, *overrides), logs=tmp_path / "logs")
+    kill_a_worker_once_saved(agent, first, tmp_path / "logs")
     final = _sharded_model(out) if sharded else newest_model(out)
     assert same_weights(final, newest_model(runs / "fsdp"))
 
@@ -157,7 +140,7 @@ def test_a_full_disk_during_a_sharded_write_leaves_no_partial_folder(tmp_path, v
     try:
         out = disk / "run"
         sharded = ("train.parallel=fsdp", "checkpoint.sharded=true", "eval.at_start=false")
-        train(verdict_data, out, 2, *sharded, "train.max_steps=1")
+        train(2, *train_args(verdict_data, out, *RUN, *sharded, "train.max_steps=1"))
         free = shutil.disk_usage(disk).free
         (disk / "filler").write_bytes(b"\0" * (free - 256 * 1024))  # room for logs, not a checkpoint
         command = torchrun_command(2, *train_args(verdict_data, out, *RUN, *sharded, "train.max_steps=2"))

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_main, train_args
+from inputs import train_args
+from processes import run_main
 
 from gptdist.config import ModelConfig
 from gptdist.model.gpt import GPTModel

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import metrics_rows, run_main, train_args
+from inputs import metrics_rows, train_args
 from openai_layout import HPARAMS, random_params, reference_logits, write_tf_checkpoint
+from processes import run_main
 
 from gptdist.checkpoint import pretrained, store
 from gptdist.errors import UserError

@@ -5,7 +5,9 @@ import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, metrics_rows, random_hf_gpt2, run_main, train_args, write_hellaswag
+from inputs import metrics_rows, train_args, write_hellaswag
+from processes import PYTHON, REPO, run_main
+from stand_ins import random_hf_gpt2
 
 from gptdist import tokenizer
 from gptdist.errors import UserError

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    REPO,
-    VERDICT,
-    newest_model,
-    random_hf_gpt2,
-    run_main,
-    run_module,
-    train_args,
-    write_hellaswag,
-)
+from environment import VERDICT
+from inputs import newest_model, train_args, write_hellaswag
+from processes import REPO, run_main, run_module
+from stand_ins import random_hf_gpt2
 
 from gptdist import export, tokenizer
 from gptdist.checkpoint import pretrained

@@ -6,33 +6,20 @@ import os
 import subprocess
 
 import pytest
-from conftest import (
-    PYTHON,
-    REPO,
-    UNINTERRUPTED,
-    free_port,
-    kill_a_worker_once_saved,
-    newest_model,
-    same_weights,
-    train_args,
-)
+from inputs import UNINTERRUPTED, newest_model, same_weights, train_args
+from processes import REPO, free_port, kill_a_worker_once_saved, start_restartable
 
 pytestmark = pytest.mark.slow
-
-def torchrun(*launch_args):
-    return [PYTHON, "-m", "torch.distributed.run", *launch_args, "-m", "gptdist.train"]
-
 
 @pytest.mark.parametrize("rendezvous", ["standalone", "c10d"])
 def test_killed_worker_is_restarted_and_ends_on_the_uninterrupted_weights(tmp_path, verdict_data, rendezvous,
                                                                           uninterrupted):
-    out = tmp_path / "run"
-    launch = ["--standalone"] if rendezvous == "standalone" else \
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    rendezvous = ["--standalone"] if rendezvous == "standalone" else \
         ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--nnodes=1"]
-    agent = subprocess.Popen(torchrun(*launch, "--nproc_per_node=2", "--max-restarts=1")
-                             + train_args(verdict_data, out, *UNINTERRUPTED), cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    kill_a_worker_once_saved(agent, out / "checkpoints" / "step_00000008.pt")
+    agent = start_restartable(2, *train_args(verdict_data, out, *UNINTERRUPTED), logs=logs,
+                              rendezvous=rendezvous)
+    kill_a_worker_once_saved(agent, out / "checkpoints" / "step_00000008.pt", logs)
     assert same_weights(newest_model(out), uninterrupted)
 
 

@@ -1,4 +1,4 @@
-"""The package's rooms, as README.md's "How it is built" draws them: imports run one way, in no circle,
+"""The package's rooms, as docs/architecture.md draws them: imports run one way, in no circle,
 at most 12 modules at the top, no two modules of one name, and the code keeps the project's own style
 (ruff, lines of at most 110 characters)."""
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from processes import REPO
 
 PACKAGE = REPO / "gptdist"
 BASE = {"__init__", "errors", "arguments", "config", "distributed", "tokenizer", "files"}

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from inputs import (
     GENERATION_DOCS,
-    PYTHON,
-    REPO,
     ROLLING_DOCS,
     metrics_rows,
-    run_main,
     train_args,
     write_hellaswag,
     write_lm_eval_tasks,
 )
+from processes import PYTHON, REPO, run_main
 
 from gptdist import distributed, tokenizer
 from gptdist.checkpoint import pretrained

@@ -11,16 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    REPO,
-    kill_job,
-    metrics_rows,
-    newest_model,
-    run_main,
-    torchrun_command,
-    train_args,
-    wait_for,
-)
+from inputs import metrics_rows, newest_model, train_args
+from processes import REPO, kill_job, run_main, torchrun_command, train, wait_for
 
 from gptdist import config
 from gptdist.checkpoint import store
@@ -171,16 +163,11 @@ def mixture_args(verdict_data, paragraphs_data, out, *overrides):
     return train_args(verdict_data, out, sources_yaml, *MIXTURE, *overrides)
 
 
-def torchrun(*args):
-    return subprocess.run(torchrun_command(2, *args), capture_output=True, text=True, cwd=REPO, timeout=600)
-
-
 @pytest.mark.slow
 def test_a_killed_mixture_resumes_bit_for_bit_and_continues_its_order_on_one_process(tmp_path, verdict_data,
                                                                                     paragraphs_data):
     whole = tmp_path / "whole"
-    result = torchrun(*mixture_args(verdict_data, paragraphs_data, whole))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train(2, *mixture_args(verdict_data, paragraphs_data, whole))
     assert "of tokens cropped" in result.stdout
     rows = metrics_rows(whole)
     steps = [row for row in rows if "loss" in row]
@@ -203,8 +190,7 @@ def test_a_killed_mixture_resumes_bit_for_bit_and_continues_its_order_on_one_pro
     shutil.copytree(killed, moved)
     for later in store.checkpoint_paths(moved / "checkpoints")[2:]:  # from step 8 on (4, 8 kept)
         later.unlink()
-    result = torchrun(*mixture_args(verdict_data, paragraphs_data, killed))
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(2, *mixture_args(verdict_data, paragraphs_data, killed))
     expected, got = newest_model(whole), newest_model(killed)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 

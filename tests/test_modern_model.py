@@ -2,11 +2,11 @@
 activation checkpointing and FP8, under ddp and fsdp with both checkpoint forms, resumed bit for bit,
 then generate, evaluate and HellaSwag; and export refuses them in one line."""
 
-import subprocess
 
 import pytest
 import torch
-from conftest import newest_model, run_main, same_weights, torchrun_command, train_args, write_hellaswag
+from inputs import newest_model, same_weights, train_args, write_hellaswag
+from processes import run_main, train
 
 from gptdist.checkpoint import sharded, store
 from gptdist.config import ModelConfig
@@ -17,22 +17,15 @@ MODERN = ("model.positions=rotary", "model.norm=rmsnorm", "model.qk_norm=true", 
           "model.drop_rate=0.0")
 
 
-def train(command, *, check=True):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_modern_options_train_and_resume_bit_for_bit_under_two_processes(tmp_path, verdict_data, parallel):
     run = (*MODERN, "checkpoint.interval=2", "checkpoint.keep=5", "eval.interval=100",
            f"train.parallel={parallel}", *(["checkpoint.sharded=true"] if parallel == "fsdp" else []))
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    train(torchrun_command(2, *train_args(verdict_data, whole, *run, "train.max_steps=4")))
-    train(torchrun_command(2, *train_args(verdict_data, halves, *run, "train.max_steps=2")))
-    train(torchrun_command(2, *train_args(verdict_data, halves, *run, "train.max_steps=4")))  # resumes
+    train(2, *train_args(verdict_data, whole, *run, "train.max_steps=4"))
+    train(2, *train_args(verdict_data, halves, *run, "train.max_steps=2"))
+    train(2, *train_args(verdict_data, halves, *run, "train.max_steps=4"))  # resumes
     ends = [store.checkpoint_paths(folder / "checkpoints")[-1] for folder in (whole, halves)]
     if parallel == "ddp":
         assert same_weights(newest_model(whole), newest_model(halves))

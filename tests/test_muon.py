@@ -1,22 +1,13 @@
 """optim.optimizer muon: Muon's update against torch.optim.Muon, the device-side skip, and training under
 ddp and fsdp, with accumulation, a kill -9 and a resume."""
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    REPO,
-    kill_job,
-    newest_model,
-    run_main,
-    same_weights,
-    torchrun_command,
-    train_args,
-    wait_for,
-)
+from inputs import newest_model, same_weights, train_args
+from processes import hooks_env, kill_job, run_main, start, torchrun_command, train, wait_for
 
 from gptdist.checkpoint import sharded, store
 from gptdist.config import ModelConfig, OptimConfig
@@ -92,13 +83,6 @@ def test_a_non_finite_step_changes_nothing():
     assert kinds["muon"] == 4  # qkv, out_proj, fc, proj of the one block; the rest is AdamW's
 
 
-def train(command, check=True):
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def full_weights(out):
     """The newest checkpoint's weights, from a file or a sharded folder."""
     path = store.checkpoint_paths(out / "checkpoints")[-1]
@@ -112,10 +96,10 @@ def full_weights(out):
 @pytest.mark.slow
 def test_two_processes_are_one_with_accumulation_and_fsdp_is_ddp(tmp_path, verdict_data):
     run = (*MUON, "train.max_steps=3", "train.micro_batch_size=4")
-    train(torchrun_command(1, *train_args(verdict_data, tmp_path / "one", *run, "train.grad_accum_steps=2")))
-    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "ddp", *run)))
-    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "fsdp", *run, "train.parallel=fsdp",
-                                          "checkpoint.sharded=true")))
+    train(1, *train_args(verdict_data, tmp_path / "one", *run, "train.grad_accum_steps=2"))
+    train(2, *train_args(verdict_data, tmp_path / "ddp", *run))
+    train(2, *train_args(verdict_data, tmp_path / "fsdp", *run, "train.parallel=fsdp",
+                         "checkpoint.sharded=true"))
     one, ddp, fsdp = (full_weights(tmp_path / name) for name in ("one", "ddp", "fsdp"))
     for name in one:
         torch.testing.assert_close(ddp[name], one[name], atol=1e-5, rtol=0)
@@ -125,19 +109,18 @@ def test_two_processes_are_one_with_accumulation_and_fsdp_is_ddp(tmp_path, verdi
 @pytest.mark.slow
 def test_a_killed_muon_run_resumes_bit_for_bit(tmp_path, verdict_data):
     run = (*MUON, "train.max_steps=6")
-    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
+    train(2, *train_args(verdict_data, tmp_path / "whole", *run))
     killed, gate = tmp_path / "killed", tmp_path / "gate"
-    gate.mkdir()
+    held = hooks_env(gate=gate)
     # step 2's write goes through, step 4's is held before its rename: the kill lands between them
     (gate / "step_00000002.pt").touch()
-    held = {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
-    proc = subprocess.Popen(torchrun_command(2, *train_args(verdict_data, killed, *run)), cwd=REPO, env=held,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start(torchrun_command(2, *train_args(verdict_data, killed, *run)), env=held,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for((gate / "step_00000004.pt.held").exists, proc)
     kill_job(proc, killed)
     assert (killed / "checkpoints" / "step_00000002.pt").exists()
     assert not (killed / "checkpoints" / "step_00000006.pt").exists(), "the run ended before the kill"
-    train(torchrun_command(2, *train_args(verdict_data, killed, *run)))
+    train(2, *train_args(verdict_data, killed, *run))
     assert same_weights(newest_model(killed), newest_model(tmp_path / "whole"))
     state = store.read(store.checkpoint_paths(killed / "checkpoints")[-1])["optimizer"]["state"]
     assert any("momentum_buffer" in values for values in state.values())  # Muon's momentum was saved
@@ -148,17 +131,15 @@ def test_a_muon_run_continues_on_another_world_size_with_its_momentum(tmp_path, 
     """2 processes to step 2, then 1 process (accumulating to the same global batch) to step 4: the weights
     of the uninterrupted 2-process run, within float tolerance; without the saved momentum they differ."""
     run = (*MUON, "train.max_steps=4", "train.micro_batch_size=4")
-    train(torchrun_command(2, *train_args(verdict_data, tmp_path / "whole", *run)))
+    train(2, *train_args(verdict_data, tmp_path / "whole", *run))
     moved = tmp_path / "moved"
-    train(torchrun_command(2, *train_args(verdict_data, moved, *MUON, "train.max_steps=2",
-                                          "train.micro_batch_size=4")))
-    train(torchrun_command(1, *train_args(verdict_data, moved, *run)))
+    train(2, *train_args(verdict_data, moved, *MUON, "train.max_steps=2", "train.micro_batch_size=4"))
+    train(1, *train_args(verdict_data, moved, *run))
     whole, continued = newest_model(tmp_path / "whole"), newest_model(moved)
     for name in whole:
         torch.testing.assert_close(continued[name], whole[name], atol=1e-5, rtol=0)
     forgotten = tmp_path / "forgotten"  # the same, but the momentum dropped from the step-2 checkpoint
-    train(torchrun_command(2, *train_args(verdict_data, forgotten, *MUON, "train.max_steps=2",
-                                          "train.micro_batch_size=4")))
+    train(2, *train_args(verdict_data, forgotten, *MUON, "train.max_steps=2", "train.micro_batch_size=4"))
     path = store.checkpoint_paths(forgotten / "checkpoints")[-1]
     payload = torch.load(path, weights_only=True)
     for values in payload["optimizer"]["state"].values():
@@ -166,7 +147,7 @@ def test_a_muon_run_continues_on_another_world_size_with_its_momentum(tmp_path, 
             values["momentum_buffer"].zero_()
     payload.pop("checksum")
     torch.save({**payload, "checksum": store.content_digest(payload)}, path)  # still a valid checkpoint
-    train(torchrun_command(1, *train_args(verdict_data, forgotten, *run)))
+    train(1, *train_args(verdict_data, forgotten, *run))
     difference = max((newest_model(forgotten)[n] - whole[n]).abs().max().item() for n in whole)
     assert difference > 1e-4
 

@@ -11,7 +11,8 @@ import tarfile
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, newest_model, same_weights, torchrun_command, train_args
+from inputs import newest_model, same_weights, train_args
+from processes import REPO, train
 
 from gptdist.checkpoint import sharded, store
 from gptdist.config import ModelConfig
@@ -37,21 +38,15 @@ def format_2_gptdist(tmp_path_factory):
     return folder
 
 
-def train(command: list[str], cwd) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 def test_a_format_2_checkpoint_file_resumes_to_the_same_weights(tmp_path, verdict_data, format_2_gptdist):
     earlier = tmp_path / "earlier"
-    train([PYTHON, "-m", "gptdist.train", *train_args(verdict_data, earlier, *RUN)], format_2_gptdist)
+    train(1, *train_args(verdict_data, earlier, *RUN), cwd=format_2_gptdist)
     middle = earlier / "checkpoints" / "step_00000002.pt"
     assert store.read(middle)["format"] == "gptdist-checkpoint/2"
     assert any(".ff.layers.0." in name for name in torch.load(middle, weights_only=True)["model"])
 
     today = tmp_path / "today"
-    train([PYTHON, "-m", "gptdist.train", *train_args(verdict_data, today, *RUN,
-                                                               f"checkpoint.resume={middle}")], REPO)
+    train(1, *train_args(verdict_data, today, *RUN, f"checkpoint.resume={middle}"))
     assert same_weights(newest_model(today), newest_model(earlier))  # read with today's names
     assert store.read(store.checkpoint_paths(today / "checkpoints")[-1])["format"] == store.FORMAT
 
@@ -59,13 +54,13 @@ def test_a_format_2_checkpoint_file_resumes_to_the_same_weights(tmp_path, verdic
 def test_a_format_2_sharded_checkpoint_resumes_to_the_same_weights(tmp_path, verdict_data, format_2_gptdist):
     sharded_run = ("train.parallel=fsdp", "checkpoint.sharded=true", "model.drop_rate=0.0")
     earlier = tmp_path / "earlier"
-    train(torchrun_command(2, *train_args(verdict_data, earlier, *RUN, *sharded_run)), format_2_gptdist)
+    train(2, *train_args(verdict_data, earlier, *RUN, *sharded_run), cwd=format_2_gptdist)
     middle, end = store.checkpoint_paths(earlier / "checkpoints")  # steps 2 and 4
     assert store.read(middle)["format"] == "gptdist-checkpoint/2" and sharded.is_sharded(middle)
 
     today = tmp_path / "today"
     resumed = train_args(verdict_data, today, *RUN, *sharded_run, f"checkpoint.resume={middle}")
-    train(torchrun_command(2, *resumed), REPO)
+    train(2, *resumed)
     cfg = ModelConfig(**store.read(end)["config"]["model"])
     reached, expected = GPTModel(cfg), GPTModel(cfg)
     sharded.load_model(store.checkpoint_paths(today / "checkpoints")[-1], reached)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PYTHON, VERDICT, forked_pid, run_main, run_module, wait_for_exit
+from environment import VERDICT
+from processes import PYTHON, forked_pid, run_main, run_module, wait_for_exit
 
 from gptdist.data import corpus, shards, tokenizing
 from gptdist.errors import UserError
@@ -323,6 +324,7 @@ def test_a_killed_prepare_resumes_and_ends_byte_for_byte_as_an_uninterrupted_one
     assert len(workers) == 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for_exit([main])  # the process that ran it (forked for its launcher) is gone too: it writes no more
     assert not out.exists() and not list(tmp_path.rglob("manifest.json"))
     done = json.loads(record.read_text())["documents"]
     again = prepare(*arguments)  # the same command again, at once: the killed one's workers hold no lock

@@ -16,21 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from inputs import metrics_rows, newest_model, same_weights, train_args
+from processes import (
     PYTHON,
     REPO,
     forked_pid,
-    make_unwritable,
-    metrics_rows,
-    newest_model,
+    hooks_env,
     run_main,
-    same_weights,
-    tmpfs,
-    torchrun_command,
-    train_args,
+    start,
+    train,
+    train_command,
     wait_for,
     wait_for_exit,
 )
+from stand_ins import make_unwritable, tmpfs
 
 from gptdist import distributed
 from gptdist.checkpoint import store
@@ -43,34 +42,19 @@ from gptdist.tokenizer import encode
 from gptdist.training import runlock
 
 
-def train(nproc, data, out, *overrides):
+def train_here(nproc, data, out, *overrides):
     """A run on `nproc` processes under torchrun; with one, in this process."""
     if nproc == 1:
         return run_main("gptdist.train", *train_args(data, out, *overrides))
-    return subprocess.run(torchrun_command(nproc, *train_args(data, out, *overrides)), capture_output=True,
-                          text=True, cwd=REPO, timeout=600)
-
-
-def train_alone(data, out, *overrides):
-    """A run in a process of its own, with one thread: the same arithmetic as a run killed in its process."""
-    return subprocess.run([PYTHON, "-m", "gptdist.train", *train_args(data, out, *overrides)],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    return train(nproc, *train_args(data, out, *overrides), check=False)
 
 
 FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1")
 
 
-def start(data: Path, out: Path, *overrides: str, env=None) -> subprocess.Popen:
-    """A training run in the background."""
-    return subprocess.Popen([PYTHON, "-m", "gptdist.train", *train_args(data, out, *overrides)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def held_writes(gate: Path) -> dict:
-    """The environment of a run whose every checkpoint write is held before its rename until the test
-    releases it (gptdist/checkpoint/store.py): `gate/NAME.held` says it waits, `gate/NAME` releases it."""
-    gate.mkdir()
-    return {**os.environ, "GPTDIST_TEST_CHECKPOINT_GATE": str(gate)}
+def start_training(data: Path, out: Path, *overrides: str, env=None) -> subprocess.Popen:
+    """A training run in the background, in a process of its own."""
+    return start(train_command(1, *train_args(data, out, *overrides)), env=env)
 
 
 def logged(out: Path, step: int):
@@ -104,18 +88,18 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_newest_checkpoint(
         assert payload["progress"]["step"] == store.step_of(newest)
     steps = payload["progress"]["step"]
     assert steps >= 8  # every restart resumed and made progress
-    final = train(1, verdict_data, out, f"train.max_steps={steps + 1}", "checkpoint.interval=1")
+    final = train_here(1, verdict_data, out, f"train.max_steps={steps + 1}", "checkpoint.interval=1")
     assert final.returncode == 0 and f"resumed from {newest}" in final.stdout
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, verdict_data):
     out = tmp_path / "run"
-    assert train(1, verdict_data, out, "train.max_steps=3", "checkpoint.interval=1").returncode == 0
+    assert train_here(1, verdict_data, out, "train.max_steps=3", "checkpoint.interval=1").returncode == 0
     newest = out / "checkpoints" / "step_00000003.pt"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a flipped byte inside the weights
     newest.write_bytes(bytes(data))
-    result = train(1, verdict_data, out, "train.max_steps=4", "checkpoint.interval=1")
+    result = train_here(1, verdict_data, out, "train.max_steps=4", "checkpoint.interval=1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"warning: checkpoint {newest}" in result.stdout
     assert "resumed from" in result.stdout and "step_00000002.pt at step 2" in result.stdout
@@ -129,11 +113,12 @@ def test_resume_on_another_world_size_continues_the_data_and_the_weights(tmp_pat
               "train.micro_batch_size=4")
     accum = {1: "train.grad_accum_steps=2", 2: "train.grad_accum_steps=1"}  # global batch 8 either way
     reference = tmp_path / "reference"
-    assert train(before, verdict_data, reference, "train.max_steps=16", accum[before],
+    assert train_here(before, verdict_data, reference, "train.max_steps=16", accum[before],
                  *common).returncode == 0
     moved = tmp_path / "moved"
-    assert train(before, verdict_data, moved, "train.max_steps=8", accum[before], *common).returncode == 0
-    result = train(after, verdict_data, moved, "train.max_steps=16", accum[after], *common)
+    assert train_here(before, verdict_data, moved, "train.max_steps=8", accum[before],
+                      *common).returncode == 0
+    result = train_here(after, verdict_data, moved, "train.max_steps=16", accum[after], *common)
     assert result.returncode == 0, result.stderr[-2000:]
     resume = [row for row in metrics_rows(moved) if row.get("event") == "resume"]
     assert resume[-1]["step"] == 8 and resume[-1]["world_size"] == after
@@ -147,7 +132,7 @@ def test_resume_on_another_world_size_continues_the_data_and_the_weights(tmp_pat
 
 def test_diverging_run_stops_clearly_and_never_saves_non_finite_weights(tmp_path, verdict_data):
     out = tmp_path / "run"
-    result = train(1, verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50",
+    result = train_here(1, verdict_data, out, "optim.lr=1e30", "train.grad_clip=null", "train.max_steps=50",
                    "train.max_bad_steps=3", "checkpoint.interval=1", "schedule.warmup_steps=0")
     assert result.returncode == 2
     assert ("training diverged: 3 steps in a row with a non-finite loss or gradient norm (seen at step 4"
@@ -163,8 +148,8 @@ def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_
     out = tmp_path / "run"
     folder = out / "checkpoints"
     gate = tmp_path / "gate"
-    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3",
-                 "model.drop_rate=0.0", env=held_writes(gate))
+    proc = start_training(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=3",
+                 "model.drop_rate=0.0", env=hooks_env(gate=gate))
     (gate / "step_00000002.pt").touch()  # step 2 is written; step 4's write is held
     wait_for((gate / "step_00000004.pt.held").exists, proc)
     assert (folder / ".step_00000004.pt.tmp").exists()
@@ -174,12 +159,11 @@ def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_
     assert [p.name for p in store.checkpoint_paths(folder)] == ["step_00000002.pt"]
     assert store.read(folder / "step_00000002.pt")["progress"]["step"] == 2
 
-    resumed = train_alone(verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = train(1, *train_args(verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0"))
     assert f"resumed from {folder / 'step_00000002.pt'} at step 2" in resumed.stdout
     assert not list(folder.glob(".*.tmp"))  # the half-written file was removed, never loaded
     whole = tmp_path / "whole"
-    assert train_alone(verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0").returncode == 0
+    train(1, *train_args(verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0"))
     assert same_weights(newest_model(out), newest_model(whole))
 
 
@@ -188,8 +172,8 @@ def test_sigusr1_during_a_background_write_exits_0_with_both_checkpoints_durable
     out = tmp_path / "run"
     folder = out / "checkpoints"
     gate = tmp_path / "gate"
-    proc = start(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=10",
-                 env=held_writes(gate))
+    proc = start_training(verdict_data, out, *FOREVER, "checkpoint.interval=2", "checkpoint.keep=10",
+                 env=hooks_env(gate=gate))
     wait_for((gate / "step_00000002.pt.held").exists, proc)
     proc.send_signal(signal.SIGUSR1)
     wait_for(logged(out, 3), proc)  # the stop's save waits for step 2's write, held until now
@@ -214,13 +198,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoi
     tmpfs(disk, "100m")
     try:
         out = disk / "run"
-        assert train(1, verdict_data, out, "train.max_steps=1").returncode == 0
+        assert train_here(1, verdict_data, out, "train.max_steps=1").returncode == 0
         saved = out / "checkpoints" / "step_00000001.pt"
         before = saved.read_bytes()
         free = shutil.disk_usage(disk).free
         (disk / "filler").write_bytes(b"\0" * (free - 256 * 1024))  # room for logs, not a checkpoint
         run = ("train.max_steps=2",) if when == "final save" else (*FOREVER, "checkpoint.interval=2")
-        result = train(1, verdict_data, out, *run)
+        result = train_here(1, verdict_data, out, *run)
         assert result.returncode == 2, result.stderr[-2000:]
         assert re.search(r"cannot write checkpoint .*step_00000002.pt: No space left on device; older "
                          r"checkpoints in .* are intact", result.stderr), result.stderr[-2000:]
@@ -236,11 +220,11 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoi
 
 def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, verdict_data):
     out = tmp_path / "run"
-    assert train(1, verdict_data, out, "train.max_steps=1").returncode == 0
+    assert train_here(1, verdict_data, out, "train.max_steps=1").returncode == 0
     folder = out / "checkpoints"
     unlock = make_unwritable(folder)
     try:
-        result = train(1, verdict_data, out, "train.max_steps=2")
+        result = train_here(1, verdict_data, out, "train.max_steps=2")
     finally:
         subprocess.run(unlock)
     assert result.returncode == 2
@@ -252,10 +236,10 @@ def test_unwritable_out_dir_is_a_clear_error_and_keeps_the_previous(tmp_path, ve
 
 def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict_data):
     out = tmp_path / "run"
-    first = start(verdict_data, out, *FOREVER, "checkpoint.interval=100000")
+    first = start_training(verdict_data, out, *FOREVER, "checkpoint.interval=100000")
     wait_for(logged(out, 2), first)
     config_before = (out / "config.yaml").read_bytes()
-    second = train(1, verdict_data, out, "train.max_steps=3")
+    second = train_here(1, verdict_data, out, "train.max_steps=3")
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert second.stderr.strip() == (f"gptdist.train: error: run.out_dir {out} is in use by another training "
                                      f"(process {forked_pid(first)} on {socket.gethostname()}, started "
@@ -272,12 +256,12 @@ def test_a_second_run_into_a_running_runs_folder_stops_at_once(tmp_path, verdict
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_line(tmp_path, verdict_data):
     out = tmp_path / "run"
-    killed = start(verdict_data, out, *FOREVER, "checkpoint.interval=2")
+    killed = start_training(verdict_data, out, *FOREVER, "checkpoint.interval=2")
     wait_for((out / "checkpoints" / "step_00000002.pt").exists, killed)  # written in the background: on disk
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     wait_for_exit([killed.pid])
-    result = train(1, verdict_data, out, "train.max_steps=5")
+    result = train_here(1, verdict_data, out, "train.max_steps=5")
     assert result.returncode == 0, result.stderr[-2000:]
     held = f"taking over {out / '.lock'}: the run that held it (process {forked_pid(killed)} on"
     assert held in result.stdout
@@ -293,7 +277,7 @@ def test_an_evaluation_that_fails_never_costs_the_checkpoint_of_its_step(tmp_pat
     tokens[3] = 60000
     tokens.tofile(val)
     out = tmp_path / "run"
-    result = train(1, data, out, "data.verify=false", "eval.at_start=false", "train.max_steps=4",
+    result = train_here(1, data, out, "data.verify=false", "eval.at_start=false", "train.max_steps=4",
                    "eval.interval=4", "checkpoint.interval=4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"gptdist.train: error: the val split of {data} holds token id 60000 >= "
@@ -315,7 +299,7 @@ def test_a_prompt_beyond_the_vocabulary_stops_the_run_before_it_trains(tmp_path)
                            "eot_token": 999,
                                  "dtype": "uint16", "splits": {s: w.close() for s, w in writer.items()}})
     out = tmp_path / "run"
-    result = train(1, data, out, "model.vocab_size=1000", "train.max_steps=3")
+    result = train_here(1, data, out, "model.vocab_size=1000", "train.max_steps=3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     highest = max(encode("Every effort moves you"))
     assert (f"sample.prompt 'Every effort moves you' encodes to GPT-2 token id {highest}, beyond the model's "
@@ -329,12 +313,12 @@ def test_an_unwritable_runs_folder_is_one_line(tmp_path, verdict_data, case):
     parent.mkdir()
     out = parent / "run"
     if case == "read-only-copy":
-        assert train(1, verdict_data, out, "train.max_steps=2").returncode == 0
+        assert train_here(1, verdict_data, out, "train.max_steps=2").returncode == 0
     before = {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()}
     target = out if case == "read-only-copy" else parent
     unlock = make_unwritable(target)
     try:
-        result = train(1, verdict_data, out, "train.max_steps=4")
+        result = train_here(1, verdict_data, out, "train.max_steps=4")
     finally:
         subprocess.run(unlock)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_main, run_processes, train_args, write_paragraphs
+from inputs import train_args, write_paragraphs
+from processes import REPO, run_main, run_processes
 
 from gptdist.data import shards
 
@@ -22,13 +23,13 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 def slurm():
     """A running cluster: started (and installed) by our script, or skip saying why not."""
     if os.geteuid() != 0 and not shutil.which("sbatch"):
-        pytest.skip("SLURM is not installed and installing it needs root")
+        pytest.skip("SLURM is not installed: installing it needs root")
     if not shutil.which("apt-get") and not shutil.which("sbatch"):
         pytest.skip("SLURM is not installed and there is no apt-get to install it")
     already_up = shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0
     result = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        pytest.skip(f"could not start a SLURM cluster: {result.stderr.strip()[-500:]}")
+        pytest.fail(f"could not start a SLURM cluster: {result.stderr.strip()[-500:]}")
     yield
     if not already_up:
         subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, timeout=60)

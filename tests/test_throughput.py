@@ -5,7 +5,8 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_main
+from inputs import TINY
+from processes import REPO, run_main
 
 from gptdist.observe import flops, throughput
 from gptdist.observe.throughput import Throughput

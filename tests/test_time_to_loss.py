@@ -5,7 +5,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import REPO
+from processes import REPO
 
 
 @pytest.mark.slow

@@ -7,18 +7,16 @@ import typing
 
 import pytest
 import torch
-from conftest import (
+from inputs import UNINTERRUPTED, metrics_rows, newest_model, train_args
+from processes import (
     PYTHON,
     REPO,
-    UNINTERRUPTED,
     kill_job,
-    metrics_rows,
-    newest_model,
     run_main,
     run_module,
     run_processes,
     torchrun_command,
-    train_args,
+    train,
     wait_for,
 )
 
@@ -27,15 +25,10 @@ from gptdist.checkpoint import store
 from gptdist.errors import UserError
 
 
-def torchrun(nproc, *args, timeout=600):
-    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout)
-
-
 @pytest.mark.slow
 def test_two_process_run_learns_and_records_everything(tmp_path, verdict_data):
     out = tmp_path / "run"
-    result = torchrun(2, *train_args(verdict_data, out, "train.epochs=3", "eval.interval=20",
+    result = train(2, *train_args(verdict_data, out, "train.epochs=3", "eval.interval=20",
                                      "checkpoint.interval=20", "logging.interval=5"))
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics_rows(out)
@@ -75,7 +68,7 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, verdict_data, uninterrupted):
     kill_job(proc, killed)  # the whole job dies at once, as on a node failure
     assert not (killed / "checkpoints" / "step_00000024.pt").exists(), "the run ended before the kill"
 
-    result = torchrun(2, *train_args(verdict_data, killed, *UNINTERRUPTED))
+    result = train(2, *train_args(verdict_data, killed, *UNINTERRUPTED))
     assert result.returncode == 0, result.stderr[-3000:]
     resumes = [r for r in metrics_rows(killed) if r.get("event") == "resume"]
     assert len(resumes) == 1 and resumes[0]["step"] >= 8

@@ -2,15 +2,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import (
-    REPO,
-    metrics_rows,
-    run_module,
-    torchrun_command,
-    train_args,
-    write_hellaswag,
-    write_lm_eval_tasks,
-)
+from inputs import metrics_rows, train_args, write_hellaswag, write_lm_eval_tasks
+from processes import REPO, run_module, torchrun_command
 from wandb_offline import history, run_ids
 
 pytest.importorskip("wandb")

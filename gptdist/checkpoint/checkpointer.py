@@ -75,8 +75,6 @@ class Checkpointer:
         """
         start = time.perf_counter()
         outpaced = self.in_flight is not None and not self.in_flight[0].done()
-        if outpaced:
-            store.tell_test_gate(f"save-{step}.waits")
         finished = self.wait()  # the snapshot's buffers are the previous write's
         waited_s = time.perf_counter() - start
         if outpaced:

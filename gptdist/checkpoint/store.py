@@ -25,11 +25,6 @@ from ..files.replace import Kind, remove_own
 from . import sharded
 from .names import OLD_NAMES, renamed
 
-# Tests name a folder here to hold each write open before its rename until they release it: "killed
-# during a write" and "a save waits for the previous write" become certain (`_held_at_test_gate`; a save
-# that waits marks `save-STEP.waits` first).
-TEST_GATE = "GPTDIST_TEST_CHECKPOINT_GATE"
-
 # Format 3 names FeedForward's layers (ff.fc, ff.proj); format 2 called them by position
 # (ff.layers.0, ff.layers.2) and keyed the optimizer's state by parameter name; format 1 keyed it
 # by position. All three load.
@@ -188,7 +183,6 @@ def _write_atomically(payload: dict, path: Path) -> None:
         with open(tmp, "wb") as f:
             _save_to(payload, f)
             f.flush()
-            _held_at_test_gate(path.name)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_path(path.parent)  # make the rename itself durable
@@ -198,24 +192,6 @@ def _write_atomically(payload: dict, path: Path) -> None:
             f"cannot write checkpoint {path}: {err.strerror or err}; older checkpoints in {path.parent} are "
             "intact"
         ) from None
-
-
-def _held_at_test_gate(name: str) -> None:
-    """Under tests only ($GPTDIST_TEST_CHECKPOINT_GATE a folder): say that the write of `name` is held
-    (`GATE/name.held`), then wait until the test releases it (`GATE/name`) or every write (`GATE/all`)."""
-    gate = os.environ.get(TEST_GATE)
-    if not gate:
-        return
-    tell_test_gate(f"{name}.held")
-    while not (Path(gate, name).exists() or Path(gate, "all").exists()):
-        time.sleep(0.01)
-
-
-def tell_test_gate(event: str) -> None:
-    """Under tests only: mark `event` in the gate's folder (`GATE/event`), for a test waiting on it."""
-    gate = os.environ.get(TEST_GATE)
-    if gate:
-        Path(gate, event).touch()
 
 
 def _sealed(payload: dict) -> dict:
