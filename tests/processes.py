@@ -107,14 +107,16 @@ def torchrun_command(nproc: int, *args, launch=("--standalone",)) -> list[str]:
             "gptdist.train", *map(str, args)]
 
 
-def train_command(nproc: int, *args) -> list[str]:
-    """`gptdist.train args...` in one process of its own (nproc 1), or under torchrun with `nproc` workers."""
-    if nproc == 1:
+def train_command(nproc: int | None, *args) -> list[str]:
+    """`gptdist.train args...` under torchrun with `nproc` workers, or (None) in one process of its own
+    without torchrun."""
+    if nproc is None:
         return [PYTHON, "-m", "gptdist.train", *map(str, args)]
     return torchrun_command(nproc, *args)
 
 
-def train(nproc: int, *args, env: dict | None = None, cwd=REPO, check=True) -> subprocess.CompletedProcess:
+def train(nproc: int | None, *args, env: dict | None = None, cwd=REPO,
+          check=True) -> subprocess.CompletedProcess:
     """A training run to its end (`train_command`), output captured; with `check`, it must succeed."""
     result = subprocess.run(train_command(nproc, *args), capture_output=True, text=True, cwd=cwd,
                             env=env, timeout=600)

@@ -40,13 +40,13 @@ def format_2_gptdist(tmp_path_factory):
 
 def test_a_format_2_checkpoint_file_resumes_to_the_same_weights(tmp_path, verdict_data, format_2_gptdist):
     earlier = tmp_path / "earlier"
-    train(1, *train_args(verdict_data, earlier, *RUN), cwd=format_2_gptdist)
+    train(None, *train_args(verdict_data, earlier, *RUN), cwd=format_2_gptdist)
     middle = earlier / "checkpoints" / "step_00000002.pt"
     assert store.read(middle)["format"] == "gptdist-checkpoint/2"
     assert any(".ff.layers.0." in name for name in torch.load(middle, weights_only=True)["model"])
 
     today = tmp_path / "today"
-    train(1, *train_args(verdict_data, today, *RUN, f"checkpoint.resume={middle}"))
+    train(None, *train_args(verdict_data, today, *RUN, f"checkpoint.resume={middle}"))
     assert same_weights(newest_model(today), newest_model(earlier))  # read with today's names
     assert store.read(store.checkpoint_paths(today / "checkpoints")[-1])["format"] == store.FORMAT
 

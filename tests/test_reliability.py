@@ -54,7 +54,7 @@ FOREVER = ("train.max_steps=100000", "eval.interval=100000", "logging.interval=1
 
 def start_training(data: Path, out: Path, *overrides: str, env=None) -> subprocess.Popen:
     """A training run in the background, in a process of its own."""
-    return start(train_command(1, *train_args(data, out, *overrides)), env=env)
+    return start(train_command(None, *train_args(data, out, *overrides)), env=env)
 
 
 def logged(out: Path, step: int):
@@ -159,11 +159,11 @@ def test_sigkill_during_a_background_write_keeps_the_previous_newest_and_resume_
     assert [p.name for p in store.checkpoint_paths(folder)] == ["step_00000002.pt"]
     assert store.read(folder / "step_00000002.pt")["progress"]["step"] == 2
 
-    resumed = train(1, *train_args(verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0"))
+    resumed = train(None, *train_args(verdict_data, out, "train.max_steps=5", "model.drop_rate=0.0"))
     assert f"resumed from {folder / 'step_00000002.pt'} at step 2" in resumed.stdout
     assert not list(folder.glob(".*.tmp"))  # the half-written file was removed, never loaded
     whole = tmp_path / "whole"
-    train(1, *train_args(verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0"))
+    train(None, *train_args(verdict_data, whole, "train.max_steps=5", "model.drop_rate=0.0"))
     assert same_weights(newest_model(out), newest_model(whole))
 
 
