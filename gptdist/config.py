@@ -179,6 +179,34 @@ class TrainConfig:
     fsdp_reshard_after_forward: bool = True
     # none|blocks: keep only each block's input, recompute the rest in backward
     activation_checkpointing: Literal["none", "blocks"] = "none"
+    # A phase of a step (data, forward/backward, optimizer, log) or of the loop (evaluation, save, ...) that
+    # lasts longer than this is a hang: every rank writes its stacks to RUN/hangs/, one line names the rank
+    # that held the others up, and the ranks exit with code 75 for torchrun --max-restarts to restart them
+    # (training/watchdog.py). None: learned, 5x the longest such phase seen so far, at least 60 s; until a
+    # phase has been seen once, dist.init_timeout_s.
+    hang_timeout_s: float | None = option(None, FINITE_POSITIVE)
+    # A watchdog thread per rank (hangs named, stacks on SIGUSR2) and each rank's own work gathered at every
+    # log (slow ranks named); false: neither (training/watchdog.py, training/stragglers.py).
+    watchdog: bool = True
+    # At each log, a rank whose own work (its time not spent waiting for the others) over the last few
+    # logging intervals is at least this many times the other ranks' median is named as slow.
+    straggler_ratio: float = option(1.25, Range("finite and > 1", lambda v: math.isfinite(v) and v > 1))
+    # Skip a step whose loss or gradient norm lies more than this many standard deviations above the mean
+    # of the last spike_window applied steps (after spike_warmup of them); 0: never. Decided on the device,
+    # every skipped step a line of RUN/spikes.jsonl (training/spikes.py).
+    spike_zscore: float = option(0.0, FINITE_NON_NEGATIVE)
+    spike_window: int = option(128, Range("at least 2", lambda v: v >= 2))
+    spike_warmup: int = option(64, Range("at least 2", lambda v: v >= 2))
+
+
+@dataclass
+class DistConfig:
+    # Every process group's timeout from start-up through a resume's reading and the first step
+    # (compilation), and around work that is long by nature (lm-eval, HellaSwag, a blocking save).
+    init_timeout_s: float = option(600.0, FINITE_POSITIVE)
+    # Every process group's timeout once all ranks have finished their first step: a collective that a
+    # rank does not reach within it fails on the others.
+    step_timeout_s: float = option(300.0, FINITE_POSITIVE)
 
 
 @dataclass
@@ -265,6 +293,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -392,6 +421,10 @@ def check_model_shape(model: ModelConfig) -> None:
 def _check_combinations(cfg: Config) -> None:
     """What no single key's range says: the model's shape, and the options that need a shape of it."""
     check_model_shape(cfg.model)
+    if cfg.train.spike_warmup > cfg.train.spike_window:
+        raise UserError(f"train.spike_warmup {cfg.train.spike_warmup} is larger than train.spike_window "
+                        f"{cfg.train.spike_window}, the most steps the window holds; lower it, or widen the "
+                        "window")
     names = [source.name for source in cfg.data.sources]
     for i, name in enumerate(names):
         if name in names[:i]:

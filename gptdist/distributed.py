@@ -7,6 +7,7 @@ process group and every collective below is the identity.
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -25,6 +26,8 @@ class Dist:
     device: torch.device
     # a gloo group for CPU flags: checking them never syncs a GPU or meets DDP's traffic
     control_group: object = None
+    # the rendezvous store (this round's namespace): a channel beside the process groups (the watchdog's)
+    store: object = None
 
     @property
     def is_main(self) -> bool:
@@ -49,8 +52,10 @@ def pick_device(requested: str, local_rank: int, option: str = "train.device") -
     return torch.device("cuda", local_rank)
 
 
-def setup(device_request: str = "auto", option: str = "train.device") -> Dist:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
+def setup(device_request: str = "auto", option: str = "train.device", timeout_s: float = 600.0) -> Dist:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone; its
+    collectives time out after `timeout_s` (training shortens it after the first step:
+    training/timeouts.py)."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -65,8 +70,11 @@ def setup(device_request: str = "auto", option: str = "train.device") -> Dist:
     store, rank, world_size = next(dist.rendezvous("env://"))
     store = dist.PrefixStore(f"gptdist/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
-    return Dist(rank, local_rank, world_size, device, dist.new_group(backend="gloo"))
+    if backend == "nccl":  # NCCL's flight recorder: what each rank's collectives were, written at a hang
+        os.environ.setdefault("TORCH_FR_BUFFER_SIZE", "2000")
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    return Dist(rank, local_rank, world_size, device, dist.new_group(backend="gloo", timeout=timeout), store)
 
 
 def teardown() -> None:

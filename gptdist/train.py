@@ -12,13 +12,17 @@ next step boundary and exits with status 0; the same command then resumes it.
 
 import json
 import os
+import sys
+from pathlib import Path
 
 from . import config, distributed
 from .arguments import ArgumentParser, input_path
 from .errors import cli
-from .training import runlock
+from .training import attempts, runlock, timeouts
 from .training.build import build_trainer
 from .training.checks import check_before_work
+from .training.phases import Phases
+from .training.watchdog import Watchdog
 
 
 def build_parser() -> ArgumentParser:
@@ -54,22 +58,40 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     runlock.check_apart_from_inputs(cfg)
-    ctx = distributed.setup(cfg.train.device)
+    run_dir = Path(cfg.run.out_dir)
+    refused = attempts.refused_restart(run_dir)
+    if refused:  # a restart of a run that goes nowhere: stop before any work
+        print(refused, flush=True)
+        sys.exit(attempts.NO_PROGRESS_EXIT)
+    ctx = distributed.setup(cfg.train.device, timeout_s=cfg.dist.init_timeout_s)
+    phases = Phases(cfg.train.hang_timeout_s, cfg.dist.init_timeout_s)
+    watchdog = Watchdog(phases, ctx, run_dir, enabled=cfg.train.watchdog)
     try:
         check_before_work(cfg, ctx)
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
-            trainer = build_trainer(cfg, ctx)
+            watchdog.start()  # from here on, a phase that lasts too long is a named hang
+            trainer = build_trainer(cfg, ctx, phases)
             try:
                 outcome = trainer.fit()
                 # Finish together: a rank destroying the process group while another still uses it
                 # can abort the other at exit (seen after elastic restarts). Not on the error path,
                 # where the other ranks may be waiting in another collective.
+                phases.enter("finish", trainer.progress.step)
                 distributed.barrier()
                 report_outcome("finished" if outcome == "done" else f"stopped by {outcome}",
                                trainer.progress.step)
+            except Exception as err:
+                if ctx.is_main:  # the same failure at the same step, restart after restart, stops the run
+                    code, verdict = attempts.record_failure(run_dir, trainer.progress.step + 1, "error", 1)
+                    if verdict:
+                        print(verdict, flush=True)
+                if timeouts.timed_out(err):
+                    raise timeouts.timeout_error(cfg.dist, phases) from None
+                raise
             finally:
                 trainer.close()
     finally:
+        watchdog.stop()
         distributed.teardown()
 
 

@@ -21,11 +21,10 @@ pytest_plugins = ["skips"]
 
 # The files that take longest, first: the test processes (pytest-xdist, whole files each) take files in
 # this order as they free up, so the longest ones never start last (.ci/run prints the slowest tests).
-LONGEST_FIRST = ["test_benchmarks.py", "test_fresh.py", "test_checkpoint_ranks.py", "test_train.py",
-                 "test_slurm.py",
-                 "test_time_to_loss.py",
-                 "test_training_step.py", "test_fsdp.py", "test_reliability.py", "test_launch.py",
-                 "test_modern_model.py", "test_wandb.py", "test_muon.py", "test_hellaswag.py"]
+LONGEST_FIRST = ["test_stalls.py", "test_benchmarks.py", "test_fresh.py", "test_checkpoint_ranks.py",
+                 "test_train.py", "test_slurm.py", "test_time_to_loss.py", "test_training_step.py",
+                 "test_fsdp.py", "test_reliability.py", "test_launch.py", "test_modern_model.py",
+                 "test_wandb.py", "test_muon.py", "test_hellaswag.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -132,11 +132,11 @@ def start(command: list[str], env: dict | None = None, **popen) -> subprocess.Po
 
 
 def hooks_env(gate: Path | None = None, unreadable: Path | None = None, unreadable_ranks: str = "",
-              opened: Path | None = None) -> dict:
+              opened: Path | None = None, stall: str | None = None, spike: int | None = None) -> dict:
     """The environment of a command under tests/hooks: its checkpoint writes held at `gate`
     (tests/hooks/sitecustomize.py: `gate/NAME.held` says a write waits, `gate/NAME` or `gate/all` releases
-    it), or the files under `unreadable` refused to `unreadable_ranks`, each rank's opens listed in
-    `opened`."""
+    it), the files under `unreadable` refused to `unreadable_ranks` (each rank's opens listed in
+    `opened`), rank R's read of step S's batch stuck (`stall` "R:S"), step `spike`'s batch random."""
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))}
     if gate is not None:
@@ -146,6 +146,10 @@ def hooks_env(gate: Path | None = None, unreadable: Path | None = None, unreadab
         opened.mkdir(exist_ok=True)
         env.update(GPTDIST_TESTS_UNREADABLE=str(unreadable), GPTDIST_TESTS_UNREADABLE_RANKS=unreadable_ranks,
                    GPTDIST_TESTS_OPENED=str(opened))
+    if stall is not None:
+        env["GPTDIST_TESTS_STALL"] = stall
+    if spike is not None:
+        env["GPTDIST_TESTS_SPIKE"] = str(spike)
     return env
 
 
@@ -180,6 +184,20 @@ def run_processes(out_dir: Path, agents: bool = False) -> list[int]:
         if agent == agents:
             found.append(int(cmdline.parent.name))
     return sorted(found)
+
+
+def rank_pids(out_dir: Path) -> dict[int, int]:
+    """{rank: pid} of the workers training into `out_dir`: the processes that run them (forked or not)."""
+    ranks = {}
+    for pid in run_processes(out_dir):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = next((int(v.split(b"=", 1)[1]) for v in environ if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[rank] = forked_pid(pid)
+    return ranks
 
 
 def forked_pid(process: subprocess.Popen | int) -> int:

@@ -192,6 +192,7 @@ HAND = [
     (TRAIN, ["eval.hellaswag_interval=1", "eval.hellaswag_file={tmp}/nowhere.jsonl"], "does not exist"),
     (TRAIN, ["run.out_dir={tmp}/fresh", "train.micro_batch_size=200"], "larger than the train split"),
     (TRAIN, ["--bogus"], "unrecognized arguments: --bogus"),
+    (TRAIN, ["train.spike_warmup=200"], "train.spike_warmup 200 is larger than train.spike_window 128"),
     (TRAIN, ["train.device=cuda"], "train.device is cuda but this machine has no CUDA device"),
     (TRAIN, ["train.parallel=fsdp"], "fsdp shards the model across the processes torchrun starts"),
     (TRAIN, ["train.parallel=fsdp", "train.precision=fp16"], "fsdp does not support train.precision: fp16"),

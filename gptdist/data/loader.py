@@ -29,6 +29,7 @@ class StepLoader:
         # micro-batches per step on this rank
         self.grad_accum = global_batch // (micro_batch * ctx.world_size)
         self.seconds = 0.0  # spent in `next`: the data's share of a step (benchmarks read it)
+        self.last_rows = None  # the windows of the last step's micro-batches (the sampler's rows)
 
     def next(self) -> list[torch.Tensor]:
         """This rank's micro-batches for the next optimizer step: all the data loading of a step."""
@@ -38,7 +39,7 @@ class StepLoader:
         return batches
 
     def _read(self) -> list[torch.Tensor]:
-        rows = self.sampler.next_step()
+        rows = self.last_rows = self.sampler.next_step()
         micro = self.micro_batch
         batches = [self.reader.batch(rows[i * micro : (i + 1) * micro]) for i in range(self.grad_accum)]
         if self.device.type == "cuda":  # pinned pages copy asynchronously, overlapping compute

@@ -25,14 +25,20 @@ from . import optimizer, sharded_init
 from .evaluator import Evaluator
 from .guard import NonFiniteGuard
 from .parallelize import TrainingModel, parallelize
+from .phases import Phases
 from .precision import Precision
 from .run_log import RunLog
 from .schedule import WarmupDecaySchedule
+from .spikes import SpikeSkip
+from .stragglers import Stragglers
+from .timeouts import ProcessGroupTimeouts
 from .trainer import Trainer
 
 
-def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
+def build_trainer(cfg: Config, ctx: Dist, phases: Phases | None = None) -> Trainer:
+    """The run's Trainer; `phases` is what the watchdog already watches (train.py), else new ones."""
     started = time.perf_counter()
+    phases = phases or Phases(cfg.train.hang_timeout_s, cfg.dist.init_timeout_s)
     log = RunLog(cfg, ctx, Path(cfg.run.out_dir))
     checkpointer = Checkpointer(Path(cfg.run.out_dir) / "checkpoints", cfg.checkpoint.keep, ctx,
                                 background=cfg.checkpoint.async_, sharded=cfg.checkpoint.sharded,
@@ -53,15 +59,18 @@ def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
     progress = Progress(global_batch=global_batch)
     precision = Precision.of(cfg.train, ctx.device)
     model, parallel = built_model(cfg, ctx, precision, init_weights, from_source=bool(cfg.model.init_from)
-                                  and not resume)
+                                  and not resume, phases=phases)
     # AdamW fused, or Muon with it: either skips a non-finite step on the device
     steps = optimizer.build(model, cfg.optim)
     guard = NonFiniteGuard(cfg.train.max_bad_steps, ctx.device)
+    spikes = SpikeSkip(cfg.train.spike_zscore, cfg.train.spike_window, cfg.train.spike_warmup, ctx,
+                       Path(cfg.run.out_dir))
     schedule = WarmupDecaySchedule(steps, cfg.schedule, cfg.optim.lr, total_steps)
     torch.manual_seed(cfg.run.seed + ctx.rank)  # each rank its own dropout stream
     states = {"model": ModelState(model), "optimizer": OptimizerState(model, steps),
               "scaler": precision.scaler, "schedule": schedule, "sampler": sampler,
-              "progress": progress, "rng": RNGState(ctx, cfg.run.seed), "tracking": log.tracker}
+              "progress": progress, "rng": RNGState(ctx, cfg.run.seed), "tracking": log.tracker,
+              "spikes": spikes}
     if resume:
         checkpointer.restore(resume, states)
     evaluator = Evaluator(cfg, ctx, parallel.loss, model, precision.autocast, data)
@@ -74,8 +83,10 @@ def build_trainer(cfg: Config, ctx: Dist) -> Trainer:
     return Trainer(cfg=cfg, ctx=ctx, log=log, checkpointer=checkpointer, data=data, loader=loader,
                    total_steps=total_steps, progress=progress, model=model,
                    precision=precision, parallel=parallel, optimizer=steps, schedule=schedule, guard=guard,
-                   states=states, evaluator=evaluator, throughput=throughput,
-                   resumed_from=resume["path"] if resume else None, startup=startup)
+                   spikes=spikes, states=states, evaluator=evaluator, throughput=throughput,
+                   resumed_from=resume["path"] if resume else None, startup=startup, phases=phases,
+                   timeouts=ProcessGroupTimeouts(ctx, cfg.dist.init_timeout_s, cfg.dist.step_timeout_s),
+                   stragglers=Stragglers(cfg.train.straggler_ratio, ctx, enabled=cfg.train.watchdog))
 
 
 def continue_from_source(cfg: Config, ctx: Dist, resume: dict | None) -> dict | None:
@@ -110,7 +121,7 @@ def verified_data(cfg: Config, ctx: Dist) -> list[sources.Source]:
 
 
 def built_model(cfg: Config, ctx: Dist, precision: Precision, init_weights: dict | None,
-                from_source: bool) -> tuple[torch.nn.Module, TrainingModel]:
+                from_source: bool, phases: Phases) -> tuple[torch.nn.Module, TrainingModel]:
     """The model, initialised or loaded from model.init_from (`from_source`: its weights on every rank, or
     under fsdp on rank 0 alone), in its parallel form; the optimizer is built from it afterwards."""
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
@@ -130,7 +141,8 @@ def built_model(cfg: Config, ctx: Dist, precision: Precision, init_weights: dict
         print0(f"initialised from the weights of {cfg.model.init_from}")
     # FP8 layers, activation checkpointing, torch.compile, DDP or FSDP: the optimizer comes after,
     # since fully_shard replaces the parameters with their shards.
-    parallel = parallelize(model, cfg.train, ctx, precision.dtype)
+    parallel = parallelize(model, cfg.train, ctx, precision.dtype,
+                           gradients_ready=phases if cfg.train.watchdog else None)
     if on_meta and from_source:
         sharded_init.load_from_rank0(model, init_weights, ctx.device)
     elif on_meta:

@@ -17,10 +17,12 @@ activation-checkpointing wrappers replace modules, so they come first.
 import contextlib
 import inspect
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -123,7 +125,18 @@ def _checkpoint_blocks(model: nn.Module) -> None:
         model.trf_blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
 
 
-def _data_parallel(model: nn.Module, cfg: TrainConfig, ctx: Dist) -> TrainingModel:
+def _timed_all_reduce(phases, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's own all-reduce of a gradient bucket (the mean over ranks: multiplied by 1/N, then summed, as
+    DDP does it without a hook, to the bit), noting when the bucket was ready on this rank: the last
+    one's time, against the backward's end, is what this rank waited for the others (phases.py,
+    stragglers.py)."""
+    phases.gradients_ready = time.monotonic()
+    buffer = bucket.buffer()
+    buffer.mul_(1.0 / dist.get_world_size())
+    return dist.all_reduce(buffer, async_op=True).get_future().then(lambda done: done.value()[0])
+
+
+def _data_parallel(model: nn.Module, cfg: TrainConfig, ctx: Dist, gradients_ready) -> TrainingModel:
     loss: nn.Module = model
     ddp = None
     if ctx.enabled and ctx.world_size > 1:  # alone (torchrun with one process) there is nothing to reduce
@@ -132,6 +145,8 @@ def _data_parallel(model: nn.Module, cfg: TrainConfig, ctx: Dist) -> TrainingMod
             loss, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
             gradient_as_bucket_view=True, bucket_cap_mb=cfg.ddp_bucket_mb, **NO_BUFFER_SYNC,
         )
+        if gradients_ready is not None:
+            ddp.register_comm_hook(gradients_ready, _timed_all_reduce)
     if cfg.compile:
         if ddp is not None:  # dynamo drops DDP's profiler range from the graph, as it should, and says so
             logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_not_a_profiler_notice)
@@ -161,8 +176,10 @@ def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> Tr
     return TrainingModel(model, model)
 
 
-def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtype) -> TrainingModel:
-    """The model ready to train: build the optimizer from its parameters afterwards (FSDP replaces them)."""
+def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtype,
+                gradients_ready=None) -> TrainingModel:
+    """The model ready to train: build the optimizer from its parameters afterwards (FSDP replaces them).
+    Under ddp, `gradients_ready` (a phases.Phases) is told when each gradient bucket is ready."""
     check_supported(cfg, ctx, dtype)
     if cfg.float8:
         float8.convert_linears(model, cfg.float8, ctx.device)
@@ -170,4 +187,4 @@ def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtyp
         _checkpoint_blocks(model)
     if cfg.parallel == "fsdp":
         return _fully_sharded(model, cfg, dtype)
-    return _data_parallel(model, cfg, ctx)
+    return _data_parallel(model, cfg, ctx, gradients_ready)

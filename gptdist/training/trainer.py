@@ -7,6 +7,7 @@ loss, the non-finite guard and the clock are read at logging intervals, evaluati
 checkpoints only. What is logged, and where, is the RunLog's; what is evaluated, the Evaluator's.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +26,14 @@ from . import precision
 from .evaluator import Evaluator
 from .guard import NonFiniteGuard, check_finite_weights
 from .parallelize import TrainingModel
+from .phases import Phases
 from .precision import Precision
 from .run_log import RunLog
 from .schedule import WarmupDecaySchedule
+from .spikes import SpikeSkip
 from .stopping import StopRequest
+from .stragglers import Stragglers
+from .timeouts import ProcessGroupTimeouts
 
 
 @dataclass
@@ -47,11 +52,15 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     schedule: WarmupDecaySchedule
     guard: NonFiniteGuard
+    spikes: SpikeSkip  # train.spike_zscore: steps far above the recent losses or norms skipped
     states: dict[str, Stateful]  # what a checkpoint holds, by name
     evaluator: Evaluator
     throughput: Throughput
     resumed_from: str | None  # the checkpoint this run continues, if any
     startup: dict  # what its construction took: seconds, host memory
+    phases: Phases  # what this rank is doing and since when: the watchdog reads it (watchdog.py)
+    timeouts: ProcessGroupTimeouts  # long until the first step, short after it
+    stragglers: Stragglers  # each rank's own work, gathered at every log
 
     def fit(self) -> str:
         """Train to the end (returns "done") or until a stop signal (returns its name)."""
@@ -75,7 +84,10 @@ class Trainer:
                 peaks = distributed.all_gather_objects(peak_host_mb())
                 self.log.first_step(step, seconds, peaks)
                 self.checkpointer.reserve(self.states)  # a save's host buffers, before one is due
+                self.timeouts.after_first_step()  # every rank is past it: the short timeout from here on
+                self.phases.warmed_up()
             if step % cfg.logging.interval == 0 or final:
+                self.phases.enter("log", step)
                 self._log_step(step_loss, grad_norm)
             self._note_finished_write(stop)
             stopping = stop.agreed()
@@ -103,7 +115,10 @@ class Trainer:
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on this rank's share of the next global batch; returns (mean loss,
         gradient norm), on the device."""
+        step = self.progress.step + 1
+        self.phases.enter("data", step)
         batches = self.loader.next()
+        self.phases.enter("forward/backward", step)
         self.schedule.apply()
         step_loss = torch.zeros((), device=self.ctx.device)
         for micro_step, batch in enumerate(batches):
@@ -112,13 +127,14 @@ class Trainer:
                     loss = self.parallel.loss(batch[:, :-1], batch[:, 1:])
                 self.precision.scaler.scale(loss / len(batches)).backward()
             step_loss += loss.detach() / len(batches)
+        self.phases.enter("optimizer", step)
         self.precision.scaler.unscale_(self.optimizer)
         grad_norm = self.parallel.clip_grad_norm(self.cfg.train.grad_clip)
         # A non-finite step is never applied, decided on the device: the fused optimizer skips
-        # its update when found_inf is set (guard.py). The gradient norm is the same on every
-        # rank (that of the reduced gradients), so every rank skips the same steps.
-        self.optimizer.found_inf = self.guard.update(grad_norm, step_loss,
-                                                     loss_scaling=self.precision.scaler.is_enabled())
+        # its update when found_inf is set (guard.py); nor is a spike (spikes.py). The gradient norm
+        # is the same on every rank (that of the reduced gradients), so every rank skips the same steps.
+        skip = self.guard.update(grad_norm, step_loss, loss_scaling=self.precision.scaler.is_enabled())
+        self.optimizer.found_inf = self.spikes.gate(skip, step_loss, grad_norm, step, self.loader.last_rows)
         self.optimizer.step()
         self.precision.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -128,13 +144,17 @@ class Trainer:
         return step_loss, grad_norm
 
     def _save(self, step: int, durable: bool) -> None:
-        """Checkpoint at this step boundary; with `durable`, return only once it is on disk."""
+        """Checkpoint at this step boundary; with `durable`, return only once it is on disk (a blocking
+        save of a large model is long work: under the long timeout)."""
+        self.phases.enter("save", step)
         self.guard.stop_if_diverged(self.progress.step, self.checkpointer.newest)
         check_finite_weights(self.model, step, self.ctx)
         summary = {"step": step, "epoch": self.loader.epoch, "tokens_seen": self.progress.tokens_seen}
-        self.log.saved(self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary))
-        if durable:
-            self.log.saved(self.checkpointer.wait())
+        blocking = durable or not self.cfg.checkpoint.async_
+        with self.timeouts.long_work() if blocking else contextlib.nullcontext():
+            self.log.saved(self.checkpointer.save(step, self.states, self.cfg.to_dict(), summary))
+            if durable:
+                self.log.saved(self.checkpointer.wait())
 
     def _note_finished_write(self, stop: StopRequest) -> None:
         """A background write that ended since the last step: its row, or its failure, which stops every
@@ -168,7 +188,10 @@ class Trainer:
         """Read the step's loss and gradient norm (the loop's host sync), log them, stop a diverged run."""
         row = {**self._position(), "loss": distributed.all_reduce_mean(step_loss).item(),
                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-               **self.throughput.measure(self.progress.step)}
+               **self.throughput.measure(self.progress.step),
+               **self.stragglers.observe(self.phases.take_interval())}
+        if self.spikes.enabled:
+            row["spikes_skipped"] = self.spikes.read()
         if self.cfg.data.sources:  # a mixture: the tokens each source has given so far
             row["tokens_by_source"] = self.loader.sampler.tokens_by_source(self.cfg.model.context_length)
         self.log.step(row, self.total_steps)
@@ -176,14 +199,20 @@ class Trainer:
 
     def _evaluate(self) -> None:
         elapsed = round(self.throughput.elapsed(), 3)  # when it began: loss against time (benchmarks/)
+        self.phases.enter("evaluation", self.progress.step)
         row, sample = self.evaluator.evaluate()
         self.log.evaluation({**self._position(), "elapsed_s": elapsed, **row}, sample)
-        scores = self.evaluator.lm_eval()
-        if scores is not None:
-            self.log.lm_eval({**self._position(), **scores})
+        if self.cfg.eval.lm_eval_tasks:
+            self.phases.enter("lm-eval", self.progress.step)
+            with self.timeouts.long_work():  # long by nature: under the long timeout
+                scores = self.evaluator.lm_eval()
+            if scores is not None:
+                self.log.lm_eval({**self._position(), **scores})
 
     def _score_hellaswag(self) -> None:
-        scores = self.evaluator.hellaswag()
+        self.phases.enter("hellaswag", self.progress.step)
+        with self.timeouts.long_work():  # long by nature: under the long timeout
+            scores = self.evaluator.hellaswag()
         if scores is not None:
             self.log.hellaswag({**self._position(), **scores})
 

@@ -11,6 +11,11 @@ written whole beside its name first) waits until the test releases it: the proce
 then `GATE/NAME.awaited` once its training thread waits for that write (the next save came first), and
 goes on when `GATE/NAME` or `GATE/all` exists. "Killed during a write" and "a save that waits for the
 previous write" become certain.
+
+Bad data, a stuck read: gptdist's data loader (`StepLoader.next`) is wrapped once its module is loaded.
+With GPTDIST_TESTS_STALL=R:S, rank R's read of step S's batch never returns (a file system that hangs);
+with GPTDIST_TESTS_SPIKE=S, every rank's batch for step S is uniformly random tokens (a corrupt stretch
+of data: its loss spikes).
 """
 
 import os
@@ -72,6 +77,67 @@ def _hold_checkpoint_renames(gate: str):
     return hook
 
 
+def _step_being_made(loader) -> int:
+    """The step whose batch `loader.next()` is about to read: a plain order's position says it."""
+    sampler = loader.sampler
+    epoch, done = sampler.epoch, sampler.position // sampler.global_batch
+    if sampler.epoch_done():
+        epoch, done = epoch + 1, 0
+    return epoch * sampler.steps_per_epoch + done + 1
+
+
+def _wrap_loader(module) -> None:
+    stall, spike = os.environ.get("GPTDIST_TESTS_STALL"), os.environ.get("GPTDIST_TESTS_SPIKE")
+    stall_rank, stall_step = map(int, stall.split(":")) if stall else (None, None)
+    read = module.StepLoader.next
+
+    def next_batches(self):
+        step = _step_being_made(self)
+        if stall_rank == int(os.environ.get("RANK", "0")) and step == stall_step:
+            while True:  # the read never returns
+                time.sleep(1)
+        batches = read(self)
+        if spike and step == int(spike):
+            import torch
+
+            generator = torch.Generator().manual_seed(step)
+            batches = [torch.randint(0, 50257, b.shape, generator=generator).to(b.device) for b in batches]
+        return batches
+
+    module.StepLoader.next = next_batches
+
+
+class _AfterImport:
+    """A finder that lets `name` load as usual, then hands the module to `then`."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None:
+            return None
+        execute, then = spec.loader.exec_module, self.then
+
+        def exec_module(module):
+            execute(module)
+            then(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _when_imported(name, then) -> None:
+    if name in sys.modules:  # a process forked from one that imported it already (tests/preloaded.py)
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
 if UNREADABLE:
     rank = os.environ.get("RANK", "0")
     sys.addaudithook(_refuse_reading(
@@ -79,3 +145,5 @@ if UNREADABLE:
         os.path.join(os.environ["GPTDIST_TESTS_OPENED"], f"rank-{rank}")))
 if GATE:
     sys.addaudithook(_hold_checkpoint_renames(GATE))
+if os.environ.get("GPTDIST_TESTS_STALL") or os.environ.get("GPTDIST_TESTS_SPIKE"):
+    _when_imported("gptdist.data.loader", _wrap_loader)
