@@ -25,6 +25,13 @@ def attempt() -> int:
     return sum(int(os.environ.get(name, 0)) for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
 
 
+def _attempt_id() -> str:
+    """This attempt, told apart from every other: a new torchrun (its rendezvous id), a requeued job, a
+    restart."""
+    names = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    return "/".join(os.environ.get(name, "") for name in names)
+
+
 def _records(run_dir: Path) -> list[dict]:
     path = run_dir / FAILURES
     if not path.is_file():
@@ -46,7 +53,7 @@ def _newest_checkpoint(run_dir: Path) -> int | None:
 def _going_nowhere(records: list[dict]) -> bool:
     last = records[-IN_A_ROW:]
     return (len(last) == IN_A_ROW and len({(r["step"], r["checkpoint"]) for r in last}) == 1
-            and len({r["attempt"] for r in last}) == IN_A_ROW)
+            and len({r.get("attempt_id", r["attempt"]) for r in last}) == IN_A_ROW)
 
 
 def _verdict(records: list[dict], run_dir: Path) -> str:
@@ -67,14 +74,18 @@ def _report_outcome(step: int) -> None:
 
 
 def record_failure(run_dir: Path, step: int, why: str, code: int) -> tuple[int, str | None]:
-    """One rank, as its run fails at `step`: the failure recorded; returns the exit code (`code`, or
-    NO_PROGRESS_EXIT) and, when the run is going nowhere, the line that says so."""
-    row = {"attempt": attempt(), "step": step, "checkpoint": _newest_checkpoint(run_dir), "why": why,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / FAILURES, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """One rank, as its run fails at `step`: the failure recorded, once an attempt (a hang named first,
+    then the collectives it breaks on the other ranks: the hang is the failure); returns the exit code
+    (`code`, or NO_PROGRESS_EXIT) and, when the run is going nowhere, the line that says so."""
     records = _records(run_dir)
+    if not records or records[-1].get("attempt_id") != _attempt_id():
+        row = {"attempt": attempt(), "attempt_id": _attempt_id(), "step": step,
+               "checkpoint": _newest_checkpoint(run_dir), "why": why,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / FAILURES, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        records.append(row)
     if not _going_nowhere(records):
         return code, None
     _report_outcome(step)
