@@ -34,20 +34,23 @@ class Phases:
         previous, _, since = self.now
         if self.warm:
             self.longest[previous] = max(self.longest.get(previous, 0.0), now - since)
-        if previous == "data":
+        if previous == "data" and self.warm:  # the first step (compilation, warm-up) is no rank's pace
             self.interval["data_s"] += now - since
-        elif previous == "optimizer" and self._step_started is not None:  # a step's end
+        elif previous == "optimizer" and self._step_started is not None and self.warm:  # a step's end
             self.interval["work_s"] += now - self._step_started
         if phase == "data":
             self._step_started = now
         elif phase == "optimizer" and self.gradients_ready is not None:
-            self.interval["wait_s"] += max(0.0, now - self.gradients_ready)  # the reduction's wait
+            if self.warm:
+                self.interval["wait_s"] += max(0.0, now - self.gradients_ready)  # the reduction's wait
             self.gradients_ready = None
         self.now = (phase, step, now)
 
     def warmed_up(self) -> None:
-        """After the first step: from now on each phase's time is learned."""
+        """After the first step: from now on each phase's time is learned, and each step's work counted
+        (the first, compilation and warm-up, is not)."""
         self.warm = True
+        self._step_started = None
 
     def limit(self, phase: str) -> float:
         """How long `phase` may last before it is a hang: train.hang_timeout_s for a step's phases where
