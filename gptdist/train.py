@@ -10,8 +10,6 @@ into it stops at once). On SIGTERM or SIGUSR1 the run checkpoints at the
 next step boundary and exits with status 0; the same command then resumes it.
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from . import config, distributed
 from .arguments import ArgumentParser, input_path
 from .errors import cli
 from .training import attempts, runlock, timeouts
+from .training import outcome as run_outcome
 from .training.build import build_trainer
 from .training.checks import check_before_work
 from .training.phases import Phases
@@ -34,23 +33,6 @@ def build_parser() -> ArgumentParser:
 
 def parse_args(argv=None):
     return build_parser().parse_args(argv)
-
-
-def report_outcome(outcome: str, step: int) -> None:
-    """Once every rank has finished (rank 0): one JSON line in $GPTDIST_OUTCOME_FILE, when it is set.
-
-    torchrun's status is not enough to judge a run on several nodes: the agent that hosts the
-    rendezvous store can leave before another agent has closed the rendezvous, and that one
-    exits 1 after a run that succeeded. slurm/train.sbatch and launch/multi-node.sh read this
-    file beside torchrun's status. It is written after the final checkpoint is durable.
-    """
-    path = os.environ.get("GPTDIST_OUTCOME_FILE")
-    if not path or distributed.rank() != 0:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"outcome": outcome, "step": step}) + "\n")
-    os.replace(tmp, path)
 
 
 @cli("gptdist.train")
@@ -78,8 +60,9 @@ def main(argv=None) -> None:
                 # where the other ranks may be waiting in another collective.
                 phases.enter("finish", trainer.progress.step)
                 distributed.barrier()
-                report_outcome("finished" if outcome == "done" else f"stopped by {outcome}",
-                               trainer.progress.step)
+                if ctx.is_main:  # every rank has finished, the final checkpoint is durable
+                    run_outcome.write("finished" if outcome == "done" else f"stopped by {outcome}",
+                                      trainer.progress.step)
             except Exception as err:
                 if ctx.is_main:  # the same failure at the same step, restart after restart, stops the run
                     code, verdict = attempts.record_failure(run_dir, trainer.progress.step + 1, "error", 1)

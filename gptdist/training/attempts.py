@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..checkpoint import store
+from . import outcome
 
 NO_PROGRESS_EXIT = 79
 FAILURES = "failures.jsonl"
@@ -65,14 +66,6 @@ def _verdict(records: list[dict], run_dir: Path) -> str:
             "run the same command")
 
 
-def _report_outcome(step: int) -> None:
-    path = os.environ.get("GPTDIST_OUTCOME_FILE")
-    if path:
-        with open(f"{path}.tmp", "w") as f:
-            f.write(json.dumps({"outcome": "no progress", "step": step}) + "\n")
-        os.replace(f"{path}.tmp", path)
-
-
 def record_failure(run_dir: Path, step: int, why: str, code: int) -> tuple[int, str | None]:
     """One rank, as its run fails at `step`: the failure recorded, once an attempt (a hang named first,
     then the collectives it breaks on the other ranks: the hang is the failure); returns the exit code
@@ -88,7 +81,7 @@ def record_failure(run_dir: Path, step: int, why: str, code: int) -> tuple[int, 
         records.append(row)
     if not _going_nowhere(records):
         return code, None
-    _report_outcome(step)
+    outcome.write("no progress", step)
     return NO_PROGRESS_EXIT, _verdict(records, run_dir)
 
 
@@ -100,5 +93,5 @@ def refused_restart(run_dir: Path) -> str | None:
     records = _records(run_dir)
     if not _going_nowhere(records) or records[-1]["checkpoint"] != _newest_checkpoint(run_dir):
         return None
-    _report_outcome(records[-1]["step"])
+    outcome.write("no progress", records[-1]["step"])
     return _verdict(records, run_dir)

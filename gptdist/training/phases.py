@@ -32,17 +32,17 @@ class Phases:
         """The training thread begins `phase` of `step` (the step being made, or the last one made)."""
         now = time.monotonic()
         previous, _, since = self.now
-        if self.warm:
+        if self.warm:  # the first step (compilation, warm-up) is neither a phase's pace nor a rank's
             self.longest[previous] = max(self.longest.get(previous, 0.0), now - since)
-        if previous == "data" and self.warm:  # the first step (compilation, warm-up) is no rank's pace
-            self.interval["data_s"] += now - since
-        elif previous == "optimizer" and self._step_started is not None and self.warm:  # a step's end
-            self.interval["work_s"] += now - self._step_started
+            if previous == "data":
+                self.interval["data_s"] += now - since
+            elif previous == "optimizer" and self._step_started is not None:  # a step's end
+                self.interval["work_s"] += now - self._step_started
+            if phase == "optimizer" and self.gradients_ready is not None:  # the reduction's wait
+                self.interval["wait_s"] += max(0.0, now - self.gradients_ready)
         if phase == "data":
             self._step_started = now
-        elif phase == "optimizer" and self.gradients_ready is not None:
-            if self.warm:
-                self.interval["wait_s"] += max(0.0, now - self.gradients_ready)  # the reduction's wait
+        elif phase == "optimizer":
             self.gradients_ready = None
         self.now = (phase, step, now)
 

@@ -56,8 +56,8 @@ class ProcessGroupTimeouts:
 def timed_out(err: BaseException) -> bool:
     """Whether `err` is a collective that timed out (gloo's or NCCL's words for it)."""
     text = str(err)
-    return isinstance(err, RuntimeError) and ("Timed out waiting" in text or "Watchdog caught collective "
-                                              "operation timeout" in text or "timed out" in text.lower())
+    return isinstance(err, RuntimeError) and ("timed out" in text.lower()  # gloo: "Timed out waiting ..."
+                                              or "Watchdog caught collective operation timeout" in text)
 
 
 def timeout_error(cfg_dist, phases) -> UserError:

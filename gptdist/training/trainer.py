@@ -206,8 +206,7 @@ class Trainer:
             self.phases.enter("lm-eval", self.progress.step)
             with self.timeouts.long_work():  # long by nature: under the long timeout
                 scores = self.evaluator.lm_eval()
-            if scores is not None:
-                self.log.lm_eval({**self._position(), **scores})
+            self.log.lm_eval({**self._position(), **scores})
 
     def _score_hellaswag(self) -> None:
         self.phases.enter("hellaswag", self.progress.step)
