@@ -48,6 +48,7 @@ def main(argv=None) -> None:
     ctx = distributed.setup(cfg.train.device, timeout_s=cfg.dist.init_timeout_s)
     phases = Phases(cfg.train.hang_timeout_s, cfg.dist.init_timeout_s)
     watchdog = Watchdog(phases, ctx, run_dir, enabled=cfg.train.watchdog)
+    groups_broken = False  # a collective timed out: its process group still waits on another rank
     try:
         check_before_work(cfg, ctx)
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
@@ -69,13 +70,15 @@ def main(argv=None) -> None:
                     if verdict:
                         print(verdict, flush=True)
                 if timeouts.timed_out(err):
+                    groups_broken = True
                     raise timeouts.timeout_error(cfg.dist, phases) from None
                 raise
             finally:
                 trainer.close()
     finally:
         watchdog.stop()
-        distributed.teardown()
+        if not groups_broken:  # freeing a broken group waits on it forever; the process ends at once instead
+            distributed.teardown()
 
 
 if __name__ == "__main__":

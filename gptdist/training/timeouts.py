@@ -65,6 +65,8 @@ def timeout_error(cfg_dist, phases) -> UserError:
     phase, step, _ = phases.now
     key, seconds = (("dist.step_timeout_s", cfg_dist.step_timeout_s) if phases.warm
                     else ("dist.init_timeout_s", cfg_dist.init_timeout_s))
-    return UserError(f"a collective in {phase} of step {step} timed out after {key} {seconds:g} s: another "
-                     "rank never reached it (its output says why, or it hangs); with train.watchdog on and "
-                     "train.hang_timeout_s below the timeout, the hang is named and its stacks written first")
+    err = UserError(f"a collective in {phase} of step {step} timed out after {key} {seconds:g} s: another "
+                    "rank never reached it (its output says why, or it hangs); with train.watchdog on and "
+                    "train.hang_timeout_s below the timeout, the hang is named and its stacks written first")
+    err.exit_at_once = True  # its process group still waits on the other rank: see UserError
+    return err

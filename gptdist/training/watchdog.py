@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..distributed import Dist
+from ..errors import exit_now
 from . import attempts
 from .phases import STEP_PHASES, Phases
 
@@ -178,7 +179,7 @@ class Watchdog:
             phase, step, since = self.phases.now
             self._beat(phase, step, time.monotonic() - since)
             time.sleep(BEAT_S / 2)
-        self._exit(HANG_EXIT)
+        exit_now(HANG_EXIT)
 
     def _report(self, declared: dict) -> None:
         step = declared["step"]
@@ -203,7 +204,7 @@ class Watchdog:
         if verdict:
             print(verdict, flush=True)
         self._set("reported")
-        self._exit(code)
+        exit_now(code)
 
     def _verdict(self, declared: dict, silent: list[int], beats: dict[int, dict], folder: Path) -> str:
         """One line: the rank that held the others up, what it was doing and for how long, its host, and
@@ -250,15 +251,6 @@ class Watchdog:
                 self.store.set(key, "1")
         except Exception:
             pass
-
-    @staticmethod
-    def _exit(code: int) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(code)
 
 
 def _silent(rank: int, beat: dict | None) -> str:
