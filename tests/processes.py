@@ -101,10 +101,10 @@ def run_main(module: str, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([module, *args], status, out.getvalue(), err.getvalue())
 
 
-def torchrun_command(nproc: int, *args, launch=("--standalone",)) -> list[str]:
-    """torchrun with `nproc` workers of `gptdist.train args...`; `launch` its rendezvous and restarts."""
-    return [PYTHON, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}", "-m",
-            "gptdist.train", *map(str, args)]
+def torchrun_command(nproc: int, *args, launch=("--standalone",), module="gptdist.train") -> list[str]:
+    """torchrun with `nproc` workers of `module args...`; `launch` its rendezvous and restarts."""
+    return [PYTHON, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}", "-m", module,
+            *map(str, args)]
 
 
 def train_command(nproc: int | None, *args) -> list[str]:

@@ -24,13 +24,14 @@ import yaml
 from inputs import train_args
 from processes import REPO, command_module, run_main, run_module
 
-from gptdist import bench, config, evaluate, export, generate, prepare, train
+from gptdist import bench, config, evaluate, export, generate, plan, prepare, train
 from gptdist.arguments import INPUT, Number, PathArgument, Text
 from gptdist.errors import UserError
 
 CONFIG = REPO / "configs" / "verdict-tiny.yaml"
 TRAIN, GENERATE, EVALUATE = "gptdist.train", "gptdist.generate", "gptdist.evaluate"
 BENCH, PREPARE, EXPORT = "gptdist.bench", "gptdist.prepare", "gptdist.export"
+PLAN = "gptdist.plan"
 # the benchmark scripts, each a command as well
 NANOGPT, TIME_TO_LOSS = "benchmarks/nanogpt_compare.py", "benchmarks/time_to_loss.py"
 SYNTHETIC, TEXT = "benchmarks/synthetic_shards.py", "benchmarks/text_corpus.py"
@@ -44,6 +45,7 @@ WORKING = {
     EVALUATE: ["--checkpoint", "{run}", "--data", "{data}"],
     EXPORT: ["--checkpoint", "{run}", "--out", "{tmp}/export"],
     PREPARE: ["--input", "{tmp}/corpus.txt", "--out", "{tmp}/prepared"],
+    PLAN: ["--config", str(CONFIG), "--gpus-per-node", "2", "data.dir={data}"],
     **{f"{BENCH} {what}": [what, "--config", str(CONFIG)]
        for what in ("train", "data", "checkpoint", "memory")},
     f"{BENCH} prepare": ["prepare"],
@@ -57,7 +59,7 @@ WORKING = {
     REPORT: ["--results", "{tmp}/rows.jsonl"],
 }
 PARSERS = {TRAIN: train, GENERATE: generate, EVALUATE: evaluate, EXPORT: export, PREPARE: prepare,
-           BENCH: bench, **{script: command_module(script) for script in (NANOGPT, TIME_TO_LOSS, SYNTHETIC,
+           BENCH: bench, PLAN: plan, **{script: command_module(script) for script in (NANOGPT, TIME_TO_LOSS, SYNTHETIC,
                                                                           TEXT, REPORT)}}
 
 # A path that leaves its place: an input through a file's `..` (it exists for no reader, whatever a
@@ -248,6 +250,15 @@ HAND = [
      "is not divisible by model.n_heads 5"),
     (SYNTHETIC, ["--tokens", "100", "--out", "{tmp}/project"], "already exists"),
     (REPORT, ["--curves", "124M", "{run}", "{tmp}"], "holds no metrics.jsonl"),
+    # a plan stops where the run would, with the run's line
+    (PLAN, ["--config", str(CONFIG), "--gpu", "a800"], "--gpu 'a800' is neither a known GPU (h100-pcie, h100"),
+    (PLAN, ["--config", str(CONFIG), "--gpu", "80:0:3"], "--gpu '80:0:3': memory, TFLOPS and TB/s must be"),
+    (PLAN, ["--config", str(CONFIG), "--gpus-per-node", "64", "data.dir={data}"],
+     "a global batch of 256 sequences is larger than the train split (72 samples of 65 tokens)"),
+    (PLAN, ["--config", str(CONFIG), "--data-tokens", "1000", "data.dir={tmp}/on-the-cluster"],
+     "a global batch of 32 sequences is larger than the train split (15 samples of 65 tokens)"),
+    (PLAN, ["--config", str(CONFIG), "train.parallel=fsdp", "train.precision=fp16"],
+     "fsdp does not support train.precision: fp16"),
 ]
 CASES = [(command, arguments, expected, "hand") for command, arguments, expected in HAND] + [
     (command, arguments, named, kind) for command, arguments, named, kind in [*config_cases(), *flag_cases()]]

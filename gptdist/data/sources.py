@@ -53,6 +53,13 @@ def check_vocabulary(sources: list[Source], vocab_size: int, whose: str = "model
     sources[0].manifest.check_vocabulary(vocab_size, whose)  # the others have the first's (open_sources)
 
 
+def check_batch_fits(global_batch: int, samples: int, window: int) -> None:
+    if global_batch > samples:
+        raise UserError(f"a global batch of {global_batch} sequences is larger than the train split "
+                        f"({samples} samples of {window} tokens); lower train.micro_batch_size or "
+                        "train.grad_accum_steps")
+
+
 def mixed(cfg: Config) -> bool:
     """Whether the run trains in the MixtureSampler's order rather than one strided source's."""
     return bool(cfg.data.sources) or cfg.data.windows == "documents"
@@ -65,10 +72,7 @@ def training_order(cfg: Config, sources: list[Source], global_batch: int, rank: 
     seed = cfg.run.seed
     if not mixed(cfg):
         train = sources[0].train
-        if global_batch > train.num_samples:
-            raise UserError(f"a global batch of {global_batch} sequences is larger than the train split "
-                            f"({train.num_samples} samples of {train.window} tokens); "
-                            "lower train.micro_batch_size or train.grad_accum_steps")
+        check_batch_fits(global_batch, train.num_samples, train.window)
         return DistributedStepSampler(train.num_samples, global_batch, rank, world_size, seed), train
     orders = []
     for i, source in enumerate(sources):

@@ -12,6 +12,7 @@ both take the plain expression.
 """
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 BLOCK_BYTES = 2**23  # rows of about 8 MiB a block: cache-sized, and few enough to loop over in Python
 
@@ -46,7 +47,8 @@ class _BlockwiseCappedLoss(torch.autograd.Function):
         counted = targets != ignore_index
         in_place = grad is not None and grad.dtype == torch.float32  # else computed in fp32, then copied
         block_rows = max(1, BLOCK_BYTES // (vocab_size * 4))
-        for start in range(0, rows, block_rows):
+        # Fake tensors (gptdist.plan's) hold no values: one block stands for all, with the same memory.
+        for start in range(0, rows if not isinstance(logits, FakeTensor) else 1, block_rows):
             block = slice(start, start + block_rows)
             tanh = torch.div(logits[block, :vocab_size].float(), cap).tanh_()
             target = targets[block].where(counted[block], 0).unsqueeze(1)
@@ -59,12 +61,13 @@ class _BlockwiseCappedLoss(torch.autograd.Function):
             losses[block] = (log_total - capped_target).where(counted[block], 0.0)
             if grad is None:
                 continue
-            # d loss / d capped = softmax - one-hot of the target; d capped / d logits = 1 - tanh²
-            softmax = exp.div_(total)
-            softmax.scatter_add_(1, target, torch.full_like(target, -1, dtype=softmax.dtype))
+            # d loss / d capped = softmax - one-hot of the target; d capped / d logits = 1 - tanh². An
+            # ignored row's gradient is 0: its total divided by 0 makes its softmax 0, and its one-hot 0.
+            # (No test of the data: fake tensors, gptdist.plan's, have none to branch on.)
+            weight = counted[block].unsqueeze(1).to(exp.dtype)
+            softmax = exp.div_(total / weight)
+            softmax.scatter_add_(1, target, -weight)
             softmax.addcmul_(softmax, tanh.square_(), value=-1)
-            if not counted[block].all():
-                softmax[~counted[block]] = 0
             if not in_place:
                 grad[block, :vocab_size] = softmax
         if grad is not None:

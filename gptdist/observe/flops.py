@@ -1,7 +1,7 @@
 """Model FLOPs per token and the device's peak: the two halves of MFU, for training logs and benchmarks.
 
 MFU counts 6N + 12·L·T·d FLOPs per token (N: the parameters that multiply every token)
-against the device's peak: a table of known GPUs (bf16 dense) or, on a CPU, a matmul timed
+against the device's peak: a table of known GPUs (bf16 dense, gpus.py) or, on a CPU, a matmul timed
 on the spot in the run's dtype.
 """
 
@@ -9,9 +9,7 @@ import time
 
 import torch
 
-# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs gptdist is run on; SXM parts unless named.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0,
-                   "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0, "V100": 125.0}
+from .gpus import by_device_name
 
 
 def flops_per_token(model) -> float:
@@ -62,8 +60,8 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12, f"{name} (table)"
+        gpu = by_device_name(name)
+        if gpu:
+            return gpu.bf16_tflops * 1e12, f"{name} (table)"
         return float("nan"), f"{name} (not in the table: use --peak-tflops)"
     return measured_cpu_peak(dtype), f"CPU {str(dtype).removeprefix('torch.')} matmul, measured"

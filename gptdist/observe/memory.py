@@ -74,7 +74,9 @@ def peak_host_mb() -> float:
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
-    return local_tensor(tensor).untyped_storage().data_ptr()
+    """The storage's identity (its C++ object, for as long as it lives): fake tensors, which the plan
+    counts (planning/memory.py), have no data pointers to tell theirs apart."""
+    return local_tensor(tensor).untyped_storage()._cdata
 
 
 class SavedForBackward:

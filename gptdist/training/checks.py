@@ -28,21 +28,38 @@ def check_before_work(cfg: Config, ctx: Dist) -> None:
     distributed.on_rank0(lambda: _check(cfg, ctx), ctx)
 
 
-def _check(cfg: Config, ctx: Dist) -> None:
+def check_elsewhere(cfg: Config, ctx: Dist) -> list[str]:
+    """The checks above for a run planned on this machine to run on another (gptdist.plan): `ctx` is the
+    planned world size's rank 0. The inputs that are not here (the cluster holds them) are returned as
+    "key path" rather than refused, the data checks made only when every data folder is here; the optional
+    packages are the other machine's to have."""
+    return _check(cfg, ctx, elsewhere=True)
+
+
+def _check(cfg: Config, ctx: Dist, elsewhere: bool = False) -> list[str]:
     fresh = starts_afresh(cfg)
+    absent = []
     for key, path in config.path_keys(cfg, config.INPUT):
         # data folders: their manifests say more below; model.init_from: read only by a run that starts afresh
         needed = not key.startswith("data.") and (key != "model.init_from" or fresh)
-        if needed and not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path)):
+        missing = not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path))
+        if key.startswith("data.") and missing:
+            absent.append(f"{key} {path}")
+        elif needed and missing and elsewhere:
+            absent.append(f"{key} {path}")
+        elif needed and missing:
             raise UserError(f"{key} {path} does not exist")
     check_supported(cfg.train, ctx, precision.resolve(cfg.train.precision, ctx.device))
-    if cfg.train.float8:
-        float8.require_torchao()
-    if cfg.logging.wandb:
-        require_wandb()
-    if cfg.eval.lm_eval_tasks:  # lm-eval installed, and every task one it knows
-        harness.task_manager(tuple(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_include_path)
-    _check_data(cfg, ctx, fresh)
+    if not elsewhere:
+        if cfg.train.float8:
+            float8.require_torchao()
+        if cfg.logging.wandb:
+            require_wandb()
+        if cfg.eval.lm_eval_tasks:  # lm-eval installed, and every task one it knows
+            harness.task_manager(tuple(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_include_path)
+    if not (elsewhere and any(key.startswith("data.") for key in absent)):
+        _check_data(cfg, ctx, fresh)  # (here, a missing data folder is refused by its manifest's reading)
+    return absent
 
 
 def starts_afresh(cfg: Config) -> bool:

@@ -158,7 +158,7 @@ def _not_a_profiler_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Profiler record function")
 
 
-def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> TrainingModel:
+def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype, mesh) -> TrainingModel:
     # Blocks compute in the training dtype from weights gathered in it (half the all-gather
     # traffic under bf16); gradients are reduced in fp32, and the sharded weights and AdamW
     # moments stay fp32.
@@ -166,10 +166,10 @@ def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> Tr
     for block in model.trf_blocks:
         if cfg.compile:
             block.compile(mode=cfg.compile_mode)
-        fully_shard(block, mp_policy=policy, reshard_after_forward=cfg.fsdp_reshard_after_forward)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=cfg.fsdp_reshard_after_forward)
     # The root holds the rest: embeddings, final norm and head (one matrix when tied). It is
     # not resharded after the forward: the backward starts with the head, which needs it at once.
-    fully_shard(model, mp_policy=policy, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     # FSDP2 warns that the model returns a view (the head's matmul, reshaped to batch x tokens x
     # vocabulary), which an in-place op could detach from its backward hook; nothing modifies it.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -177,14 +177,16 @@ def _fully_sharded(model: nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> Tr
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtype,
-                gradients_ready=None) -> TrainingModel:
+                gradients_ready=None, mesh=None) -> TrainingModel:
     """The model ready to train: build the optimizer from its parameters afterwards (FSDP replaces them).
-    Under ddp, `gradients_ready` (a phases.Phases) is told when each gradient bucket is ready."""
+    Under ddp, `gradients_ready` (a phases.Phases) is told when each gradient bucket is ready. Under fsdp,
+    `mesh` is the device mesh to shard over (None: every rank of the default group; the plan makes its own
+    before faking tensors, planning/memory.py)."""
     check_supported(cfg, ctx, dtype)
     if cfg.float8:
         float8.convert_linears(model, cfg.float8, ctx.device)
     if cfg.activation_checkpointing == "blocks":
         _checkpoint_blocks(model)
     if cfg.parallel == "fsdp":
-        return _fully_sharded(model, cfg, dtype)
+        return _fully_sharded(model, cfg, dtype, mesh)
     return _data_parallel(model, cfg, ctx, gradients_ready)

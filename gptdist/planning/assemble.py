@@ -1,0 +1,98 @@
+"""A run's plan at a world size on a GPU: the run's own checks at that size, memory per GPU and the
+largest micro-batch, time and cost, checkpoints, data. One dict (what `--json` prints)."""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..config import Config
+from ..model.gpt import GPTModel
+from ..observe.flops import flops_per_token
+from ..observe.gpus import GPU
+from ..training import checks, precision
+from . import batch, memory, timing
+from .data import data_plan
+
+GB = 1e9
+
+
+@dataclass
+class Target:
+    """Where the run is planned to go and what to assume of it."""
+
+    nodes: int
+    gpus_per_node: int
+    gpu: GPU
+    data_tokens: int | None = None  # the train split's tokens, where the data is not on this machine
+    mfu: float | None = None  # None: measured for this GPU and shape, else timing.DEFAULT_MFU
+    write_gbps: float = 0.4  # checkpoint writing, GB/s (one H200 node's local disk: 1.96 GB in 4.4-5.3 s)
+    headroom: float = 0.1  # of the GPU's memory left free: CUDA's context, NCCL, the allocator's slack
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def planned_dtype(cfg: Config) -> torch.dtype:
+    """train.precision on a GPU: auto is bf16 there."""
+    return torch.bfloat16 if cfg.train.precision == "auto" else precision.DTYPES[cfg.train.precision]
+
+
+def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
+    world = target.world_size
+    dtype = planned_dtype(cfg)
+    train = cfg.train
+    per_rank = train.micro_batch_size * train.grad_accum_steps
+    global_batch = per_rank * world
+    usable = target.gpu.memory_gib * (1 - target.headroom) * memory.GIB
+    notes = []
+    with memory.fake_world(world, train.parallel) as (ctx, mesh):
+        not_checked = checks.check_elsewhere(cfg, ctx)
+        data_here = not any(entry.startswith("data.") for entry in not_checked)
+        data = data_plan(cfg, world, global_batch, data_here, target.data_tokens)
+        measured: dict[int, memory.StepMemory] = {}
+
+        def step_memory(micro_batch: int) -> memory.StepMemory:
+            if micro_batch not in measured:
+                measured[micro_batch] = memory.measure(cfg, ctx, mesh, dtype, micro_batch, per_rank // micro_batch)
+            return measured[micro_batch]
+
+        chosen = step_memory(train.micro_batch_size)
+        largest = batch.largest_fitting(per_rank, lambda size: step_memory(size).peak <= usable,
+                                        {size: step.peak <= usable for size, step in measured.items()})
+    with FakeTensorMode():
+        flops = flops_per_token(GPTModel(cfg.model))
+    if train.compile:
+        notes.append("memory measured uncompiled: a compiled step keeps fewer intermediates (its peak is lower)")
+    tokens_per_step = global_batch * cfg.model.context_length
+    use = timing.utilisation(target.gpu, cfg.model, train.micro_batch_size, target.mfu)
+    step_s = timing.step_seconds(tokens_per_step, flops, world, target.gpu, use.mfu)
+    steps = train.max_steps or (train.epochs * data.steps_per_epoch if data.steps_per_epoch else None)
+    hours = steps * step_s / 3600 if steps else None
+    # the checkpoint holds the fp32 weights and the optimizer's state; sharded, each rank writes its own
+    rank_state = chosen.parameters + chosen.optimizer
+    whole = rank_state * world if train.parallel == "fsdp" else rank_state
+    busiest = whole / world if cfg.checkpoint.sharded else whole
+    epochs = steps / data.steps_per_epoch if steps and data.steps_per_epoch else None
+    return {
+        "config": config_name, "nodes": target.nodes, "gpus_per_node": target.gpus_per_node,
+        "world_size": world, "gpu": dataclasses.asdict(target.gpu), "parallel": train.parallel,
+        "precision": precision.name(dtype), "activation_checkpointing": train.activation_checkpointing,
+        "micro_batch_size": train.micro_batch_size, "grad_accum_steps": train.grad_accum_steps,
+        "global_batch": global_batch, "tokens_per_step": tokens_per_step,
+        "memory_gib": chosen.gib(), "memory_bytes": chosen.bytes(), "usable_gib": round(usable / memory.GIB, 3),
+        "fits": chosen.peak <= usable, "max_micro_batch": largest,
+        "max_micro_batch_grad_accum": per_rank // largest if largest else None,
+        "flops_per_token": flops, "mfu": use.mfu, "mfu_source": use.source, "step_s": step_s,
+        "tokens_per_s": tokens_per_step / step_s, "steps": steps, "hours": hours,
+        "gpu_hours": hours * world if hours is not None else None,
+        "checkpoint_gib": round(whole / memory.GIB, 3), "checkpoint_rank_gib": round(busiest / memory.GIB, 3),
+        "checkpoint_layout": "sharded: every rank its part" if cfg.checkpoint.sharded else "one file, rank 0",
+        "checkpoint_write_s": busiest / (target.write_gbps * GB), "write_gbps": target.write_gbps,
+        "data": {"source": data.source, "tokens": data.tokens, "windows": data.windows,
+                 "windows_per_rank": data.steps_per_epoch * global_batch // world if data.steps_per_epoch
+                 else None, "steps_per_epoch": data.steps_per_epoch, "epochs": epochs},
+        "not_checked": not_checked, "notes": notes,
+    }

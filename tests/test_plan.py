@@ -1,0 +1,118 @@
+"""gptdist.plan against what real runs do: the state's bytes exactly and the activations within 10% of a
+real two-process run's (gptdist.bench memory), the largest micro-batch at the edge of what fits, the data
+and steps a run makes, the run's own start-up errors, and every shipped config at 1, 8 and 64 GPUs."""
+
+import json
+import subprocess
+
+import pytest
+from environment import REPO
+from inputs import train_args
+from processes import run_main, torchrun_command, train
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# a small shape of each recipe: a real two-process run of it takes seconds on a CPU
+SMALL = ["model.preset=null", "model.emb_dim=64", "model.n_heads=2", "model.n_layers=2", "model.context_length=64",
+         "train.grad_accum_steps=1"]
+RECIPES = {"gpt2": "configs/bench-cpu-small.yaml", "modern": "configs/bench-cpu-small-modern.yaml"}
+
+
+def plan(*args) -> dict:
+    result = run_main("gptdist.plan", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("micro_batch", [2, 4])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_plan_holds_what_a_real_run_holds(verdict_data, recipe, micro_batch, parallel):
+    """Parameters, gradients and optimizer state to the byte, the activations one forward keeps within 10%,
+    against `gptdist.bench memory` on two real processes (the largest rank's figures)."""
+    overrides = [f"data.dir={verdict_data}", *SMALL, f"train.micro_batch_size={micro_batch}",
+                 f"train.parallel={parallel}"]
+    real = subprocess.run(torchrun_command(2, "memory", "--config", RECIPES[recipe], "--steps", "1", *overrides,
+                                           module="gptdist.bench"),
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert real.returncode == 0, real.stderr[-3000:]
+    measured = json.loads(real.stdout.splitlines()[-1])
+    planned = plan("--config", RECIPES[recipe], "--gpus-per-node", "2", *overrides)["memory_bytes"]
+    for kind in ("parameters", "gradients", "optimizer"):
+        assert planned[kind] == round(measured[f"{kind}_mb"] * 2**20), (kind, planned, measured)
+    real_activations = measured["activations_mb"] * 2**20
+    assert abs(planned["activations"] - real_activations) <= 0.1 * real_activations, (planned, measured)
+    assert planned["peak"] >= sum(planned[kind] for kind in ("parameters", "optimizer", "activations"))
+
+
+def test_the_largest_micro_batch_fits_and_the_next_one_does_not(verdict_data):
+    """On a GPU too small for the config's micro-batch of 16, the plan names the largest that fits with the
+    accumulation that keeps the global batch; planned at that size it fits, at the next divisor it does not."""
+    common = ["--config", RECIPES["gpt2"], "--gpus-per-node", "2", f"data.dir={verdict_data}", *SMALL,
+              "train.grad_accum_steps=1"]
+    roomy = plan(*common, "train.micro_batch_size=16", "--gpu", "100:100:1", "--headroom", "0")
+    memory_gib = roomy["memory_gib"]["peak"] * 0.6  # 16 no longer fits
+    gpu = ["--gpu", f"{memory_gib}:100:1", "--headroom", "0"]
+    tight = plan(*common, "train.micro_batch_size=16", *gpu)
+    assert not tight["fits"]
+    largest, accumulation = tight["max_micro_batch"], tight["max_micro_batch_grad_accum"]
+    assert 1 <= largest < 16 and largest * accumulation == 16
+    at_largest = plan(*common, f"train.micro_batch_size={largest}", f"train.grad_accum_steps={accumulation}", *gpu)
+    assert at_largest["fits"] and at_largest["global_batch"] == tight["global_batch"]
+    larger = largest * 2
+    at_next = plan(*common, f"train.micro_batch_size={larger}", f"train.grad_accum_steps={16 // larger}", *gpu)
+    assert not at_next["fits"]
+
+
+def test_fsdp_divides_the_state_among_the_gpus(verdict_data):
+    common = ["--config", RECIPES["gpt2"], f"data.dir={verdict_data}", *SMALL, "train.parallel=fsdp"]
+    two, eight = (plan(*common, "--gpus-per-node", str(n))["memory_bytes"] for n in (2, 8))
+    for kind in ("parameters", "gradients", "optimizer"):
+        assert 3.8 <= two[kind] / eight[kind] <= 4.0, (kind, two, eight)
+    assert two["activations"] == eight["activations"]
+
+
+def test_the_data_and_steps_are_those_the_run_makes(tmp_path, verdict_data):
+    """Two epochs of The Verdict at two ranks: the plan's steps are the run's, and --data-tokens of the same
+    size gives the same windows where the data is elsewhere."""
+    args = train_args(verdict_data, tmp_path / "run", "train.epochs=2", "eval.interval=100")
+    result = train(2, *args)
+    planned = plan(*args[:2], "--gpus-per-node", "2", *args[2:])
+    assert f"{planned['steps']} steps" in result.stdout, (planned, result.stdout[:500])
+    assert planned["data"]["epochs"] == 2
+    assert planned["data"]["source"] == "the prepared data folders"
+    tokens = planned["data"]["tokens"]
+    elsewhere = plan(*args[:2], "--gpus-per-node", "2", *args[2:], f"data.dir={tmp_path}/on-the-cluster",
+                     "--data-tokens", str(tokens))
+    assert elsewhere["data"]["windows"] == planned["data"]["windows"]
+    assert elsewhere["steps"] == planned["steps"]
+    assert elsewhere["not_checked"] == [f"data.dir {tmp_path}/on-the-cluster"]
+
+
+def test_a_run_that_would_stop_at_start_up_stops_the_plan_with_its_line(tmp_path, verdict_data):
+    args = train_args(verdict_data, tmp_path / "run", "train.micro_batch_size=80")
+    run = train(2, *args, check=False)
+    planned = run_main("gptdist.plan", *args[:2], "--gpus-per-node", "2", *args[2:])
+    line = "a global batch of 160 sequences is larger than the train split"
+    assert run.returncode != 0 and line in run.stderr
+    assert planned.returncode == 2 and planned.stderr.startswith(f"gptdist.plan: error: {line}")
+    assert planned.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_every_config_plans_at_one_eight_and_sixty_four_gpus(tmp_path, config):
+    """Each shipped config, one block deep (the time of a full-depth measure is the benchmark's), its data on
+    the cluster, on one GPU, a node of eight and eight nodes: the table prints, and the JSON says what
+    scripts read."""
+    elsewhere = ["model.n_layers=1", f"data.dir={tmp_path}/on-the-cluster", "--data-tokens", "10000000000"]
+    table = run_main("gptdist.plan", "--config", config, *elsewhere)
+    assert table.returncode == 0, table.stderr
+    assert "memory per GPU" in table.stdout and "peak" in table.stdout and table.stderr == ""
+    for nodes, per_node in ((1, 1), (1, 8), (8, 8)):
+        planned = plan("--config", config, "--nodes", str(nodes), "--gpus-per-node", str(per_node), *elsewhere)
+        assert planned["world_size"] == nodes * per_node
+        memory = planned["memory_gib"]
+        assert 0 < memory["parameters"] <= memory["peak"] and memory["activations"] > 0
+        assert isinstance(planned["fits"], bool) and planned["max_micro_batch"] >= 0
+        assert planned["step_s"] > 0 and planned["tokens_per_s"] > 0 and 0 < planned["mfu"] <= 1
+        assert planned["hours"] > 0 and planned["gpu_hours"] == pytest.approx(planned["hours"] * nodes * per_node)
+        assert planned["checkpoint_gib"] > 0 and planned["mfu_source"]
