@@ -52,6 +52,7 @@ FRACTION = Range("in (0, 1]", lambda v: 0 < v <= 1)
 BETAS = Range("two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
 NON_EMPTY = Range("a non-empty text", lambda v: v != "")
 SEED = Range("in [0, 2**32)", lambda v: 0 <= v < 2**32)  # what every generator seeded from it takes
+POSITIVE_OR_AUTO = Range("> 0 or auto", lambda v: v == "auto" or v > 0)
 
 # What a model key is to the weights (an option's `architecture`). Both kinds shape them, so a
 # checkpoint resumes only with the same value. model.init_from takes a SOURCE key's value from its
@@ -150,7 +151,13 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    micro_batch_size: int = option(8, POSITIVE)  # sequences per process per forward pass
+    # sequences per process per forward pass. auto (CUDA): the largest that fits the GPU, as gptdist.plan
+    # measures it and a real step confirms, with train.grad_accum_steps made to keep train.global_batch_size
+    # (training/micro_batch.py); a resumed run keeps the one it chose.
+    micro_batch_size: int | Literal["auto"] = option(8, POSITIVE_OR_AUTO)
+    # sequences per optimizer step over all processes: needed with micro_batch_size auto; with a number,
+    # checked at start against micro_batch_size x grad_accum_steps x processes. None: that product.
+    global_batch_size: int | None = option(None, POSITIVE)
     # micro-batches per optimizer step (at the world size it was set for)
     grad_accum_steps: int = option(1, POSITIVE)
     max_steps: int | None = option(None, POSITIVE)  # optimizer steps; None: run `epochs` epochs
@@ -347,8 +354,16 @@ def _convert(key: str, value, hint):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _convert(key, value, hint)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(key, value, options[0])
+        for option in options:  # a number or a word (micro_batch_size: 8 or auto)
+            try:
+                return _convert(key, value, option)
+            except UserError:
+                pass
+        names = [" or ".join(typing.get_args(o)) if typing.get_origin(o) is Literal else o.__name__ for o in options]
+        raise UserError(f"config key {key}: expected {' or '.join(names)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise UserError(f"config key {key}: {value!r} is not one of {', '.join(args)}")

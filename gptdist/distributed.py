@@ -104,6 +104,10 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return _all_reduced(value, dist.ReduceOp.SUM)
 
 
+def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
+    return _all_reduced(value, dist.ReduceOp.MIN)
+
+
 def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
     """The elementwise maximum over ranks."""
     return _all_reduced(value, dist.ReduceOp.MAX)

@@ -48,7 +48,7 @@ def build_parser() -> ArgumentParser:
 
 @cli("gptdist.plan")
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides before or after the flags
     gpu = gpus.parse(args.gpu)
     cfg = config.load(args.config, args.overrides)
     target = Target(args.nodes, args.gpus_per_node, gpu, args.data_tokens, args.mfu, args.write_gbps,

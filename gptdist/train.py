@@ -16,7 +16,7 @@ from pathlib import Path
 from . import config, distributed
 from .arguments import ArgumentParser, input_path
 from .errors import cli
-from .training import attempts, runlock, timeouts
+from .training import attempts, micro_batch, runlock, timeouts
 from .training import outcome as run_outcome
 from .training.build import build_trainer
 from .training.checks import check_before_work
@@ -50,6 +50,7 @@ def main(argv=None) -> None:
     watchdog = Watchdog(phases, ctx, run_dir, enabled=cfg.train.watchdog)
     groups_broken = False  # a collective timed out: its process group still waits on another rank
     try:
+        micro_batch.resolve(cfg, ctx, args.config, args.overrides)  # auto: the largest that fits the GPU
         check_before_work(cfg, ctx)
         with runlock.owning(cfg.run.out_dir, ctx):  # before anything is written into it
             watchdog.start()  # from here on, a phase that lasts too long is a named hang

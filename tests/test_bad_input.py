@@ -77,8 +77,9 @@ def declared_keys():
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
             hint = hints[field.name]
-            if typing.get_origin(hint) in (typing.Union, types.UnionType):
-                (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):  # None, or a word beside a number
+                options = [a for a in typing.get_args(hint) if a is not type(None)]
+                hint = next((a for a in options if typing.get_origin(a) is not typing.Literal), options[0])
             yield (f"{section}.{config.key_of(field.name)}", hint, field.metadata.get("check"),
                    field.metadata.get("path"))
 
@@ -196,6 +197,10 @@ HAND = [
     (TRAIN, ["--bogus"], "unrecognized arguments: --bogus"),
     (TRAIN, ["train.spike_warmup=200"], "train.spike_warmup 200 is larger than train.spike_window 128"),
     (TRAIN, ["train.device=cuda"], "train.device is cuda but this machine has no CUDA device"),
+    (TRAIN, ["train.micro_batch_size=auto", "train.global_batch_size=8"],
+     "train.micro_batch_size: auto sizes the micro-batch to a GPU's memory, and this run is on the cpu"),
+    (TRAIN, ["train.micro_batch_size=auto"], "train.micro_batch_size: auto needs train.global_batch_size"),
+    (TRAIN, ["train.global_batch_size=6"], "train.global_batch_size 6 is not train.micro_batch_size 4 x"),
     (TRAIN, ["train.parallel=fsdp"], "fsdp shards the model across the processes torchrun starts"),
     (TRAIN, ["train.parallel=fsdp", "train.precision=fp16"], "fsdp does not support train.precision: fp16"),
     (TRAIN, ["train.parallel=fsdp", "train.compile=true", "train.compile_mode=reduce-overhead"],

@@ -63,6 +63,20 @@ def test_the_largest_micro_batch_fits_and_the_next_one_does_not(verdict_data):
     assert not at_next["fits"]
 
 
+def test_an_automatic_micro_batch_is_the_largest_that_fits_the_global_batch(verdict_data):
+    """train.micro_batch_size: auto plans the largest divisor of each rank's share of
+    train.global_batch_size that fits, as the plan of the same config with that number says."""
+    common = ["--config", RECIPES["gpt2"], "--gpus-per-node", "2", f"data.dir={verdict_data}", *SMALL,
+              "--headroom", "0"]
+    roomy = plan(*common, "train.micro_batch_size=16", "--gpu", "100:100:1")
+    gpu = ["--gpu", f"{roomy['memory_gib']['peak'] * 0.6}:100:1"]
+    auto = plan(*common, *gpu, "train.micro_batch_size=auto", "train.global_batch_size=32")
+    numbered = plan(*common, *gpu, "train.micro_batch_size=16")
+    assert auto["micro_batch_auto"] and auto["fits"] and auto["global_batch"] == 32
+    assert (auto["micro_batch_size"], auto["grad_accum_steps"]) == (numbered["max_micro_batch"],
+                                                                    16 // numbered["max_micro_batch"])
+
+
 def test_fsdp_divides_the_state_among_the_gpus(verdict_data):
     common = ["--config", RECIPES["gpt2"], f"data.dir={verdict_data}", *SMALL, "train.parallel=fsdp"]
     two, eight = (plan(*common, "--gpus-per-node", str(n))["memory_bytes"] for n in (2, 8))

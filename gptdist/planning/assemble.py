@@ -11,7 +11,7 @@ from ..config import Config
 from ..model.gpt import GPTModel
 from ..observe.flops import flops_per_token
 from ..observe.gpus import GPU
-from ..training import checks, precision
+from ..training import checks, micro_batch, precision
 from . import batch, memory, timing
 from .data import data_plan
 
@@ -40,34 +40,44 @@ def planned_dtype(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if cfg.train.precision == "auto" else precision.DTYPES[cfg.train.precision]
 
 
+def _with_micro_batch(cfg: Config, per_rank: int) -> Config:
+    """`cfg` with auto's micro-batch as the whole share: the run's checks then see its global batch."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=per_rank,
+                                                              grad_accum_steps=1))
+
+
 def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
     world = target.world_size
     dtype = planned_dtype(cfg)
     train = cfg.train
-    per_rank = train.micro_batch_size * train.grad_accum_steps
+    per_rank = micro_batch.per_rank_batch(train, world)
     global_batch = per_rank * world
     usable = target.gpu.memory_gib * (1 - target.headroom) * memory.GIB
     notes = []
     with memory.fake_world(world, train.parallel) as (ctx, mesh):
-        not_checked = checks.check_elsewhere(cfg, ctx)
+        auto = train.micro_batch_size == micro_batch.AUTO
+        not_checked = checks.check_elsewhere(_with_micro_batch(cfg, per_rank) if auto else cfg, ctx)
         data_here = not any(entry.startswith("data.") for entry in not_checked)
         data = data_plan(cfg, world, global_batch, data_here, target.data_tokens)
         measured: dict[int, memory.StepMemory] = {}
 
-        def step_memory(micro_batch: int) -> memory.StepMemory:
-            if micro_batch not in measured:
-                measured[micro_batch] = memory.measure(cfg, ctx, mesh, dtype, micro_batch, per_rank // micro_batch)
-            return measured[micro_batch]
+        def step_memory(size: int) -> memory.StepMemory:
+            if size not in measured:
+                measured[size] = memory.measure(cfg, ctx, mesh, dtype, size, per_rank // size)
+            return measured[size]
 
-        chosen = step_memory(train.micro_batch_size)
+        if not auto:
+            step_memory(train.micro_batch_size)
         largest = batch.largest_fitting(per_rank, lambda size: step_memory(size).peak <= usable,
                                         {size: step.peak <= usable for size, step in measured.items()})
+        size = max(largest, 1) if auto else train.micro_batch_size
+        chosen = step_memory(size)
     with FakeTensorMode():
         flops = flops_per_token(GPTModel(cfg.model))
     if train.compile:
         notes.append("memory measured uncompiled: a compiled step keeps fewer intermediates (its peak is lower)")
     tokens_per_step = global_batch * cfg.model.context_length
-    use = timing.utilisation(target.gpu, cfg.model, train.micro_batch_size, target.mfu)
+    use = timing.utilisation(target.gpu, cfg.model, size, target.mfu)
     step_s = timing.step_seconds(tokens_per_step, flops, world, target.gpu, use.mfu)
     steps = train.max_steps or (train.epochs * data.steps_per_epoch if data.steps_per_epoch else None)
     hours = steps * step_s / 3600 if steps else None
@@ -80,7 +90,8 @@ def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
         "config": config_name, "nodes": target.nodes, "gpus_per_node": target.gpus_per_node,
         "world_size": world, "gpu": dataclasses.asdict(target.gpu), "parallel": train.parallel,
         "precision": precision.name(dtype), "activation_checkpointing": train.activation_checkpointing,
-        "micro_batch_size": train.micro_batch_size, "grad_accum_steps": train.grad_accum_steps,
+        "micro_batch_size": size, "grad_accum_steps": per_rank // size,
+        "micro_batch_auto": auto, "compile": train.compile,
         "global_batch": global_batch, "tokens_per_step": tokens_per_step,
         "memory_gib": chosen.gib(), "memory_bytes": chosen.bytes(), "usable_gib": round(usable / memory.GIB, 3),
         "fits": chosen.peak <= usable, "max_micro_batch": largest,

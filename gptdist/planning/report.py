@@ -34,9 +34,12 @@ def table(plan: dict) -> str:
                          f"{plan['tokens_per_step']:,} tokens"),
     ])
     verdict = "fits" if plan["fits"] else "DOES NOT FIT"
+    if plan["compile"]:  # measured uncompiled (planning/memory.py): a compiled step holds less
+        verdict += " uncompiled"
     largest = (f"{plan['max_micro_batch']} (accumulation {plan['max_micro_batch_grad_accum']}, the same "
                "global batch)" if plan["max_micro_batch"] else "none: not even 1 fits")
-    section(f"memory per GPU (micro-batch {plan['micro_batch_size']})", [
+    chosen = "auto: the largest that fits" if plan["micro_batch_auto"] else "the config's"
+    section(f"memory per GPU (micro-batch {plan['micro_batch_size']}, {chosen})", [
         *((name, _gib(memory[name])) for name in ("parameters", "gradients", "optimizer", "activations",
                                                    "temporaries")),
         ("peak", f"{_gib(memory['peak'])} of {_gib(plan['usable_gib'])} usable: {verdict}"),

@@ -28,7 +28,7 @@ from ..observe.memory import (
     state_bytes,
 )
 from ..observe.throughput import synchronize
-from . import precision
+from . import micro_batch, precision
 from .build import build_trainer
 from .checks import check_before_work
 from .heap import release_freed_memory
@@ -55,6 +55,7 @@ def bench_trainer(args, max_steps: int | None = None):
         cfg.train.max_steps = max_steps
     ctx = distributed.setup(cfg.train.device)
     try:
+        micro_batch.resolve(cfg, ctx, args.config, args.overrides)
         check_before_work(cfg, ctx)
     except BaseException:
         distributed.teardown()
