@@ -20,6 +20,8 @@
 #   generate gptdist.bench generate: 512 greedy tokens after 64 at 124M (GPT-2's shape and the modern recipe's),
 #            batch 1 and 8: gptdist's cached, compiled generation beside transformers' generate() on the
 #            same weights exported, and beside the book's loop that recomputes the window
+#   plan     gptdist.plan against the real step (benchmarks/plan_vs_run.py), uncompiled: 124M at micro-batch 8,
+#            16 and 32 and 355M at 4, 8 and 16, ddp and fsdp: planned vs measured peak memory and step time
 #   all      every part
 # Every run appends one JSON row to benchmarks/results-gpu.jsonl (RESULTS overrides): label, shape,
 # tokens_per_sec, mfu, peak_memory_mb, gpu, torch (or the error it ended with). Then
@@ -33,7 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/common.sh
-KNOWN="quick compare shipped modes model fp8 checkpoint fsdp generate"
+KNOWN="quick compare shipped modes model fp8 checkpoint fsdp generate plan"
 [ $# -ge 1 ] || fail "usage: bash benchmarks/gpu.sh NANOGPT_DIR [${KNOWN// /|}|all ...]"
 NANOGPT_DIR=$1
 shift
@@ -161,6 +163,17 @@ for part in $PARTS; do
       for size in large xl; do
         record "gpt2-$size fsdp" "gptdist memory" torchrun --standalone --nproc_per_node=1 -m gptdist.bench memory \
           --config configs/gutenberg-gpt2-$size.yaml data.dir="$TMP/tokens" train.grad_accum_steps=1 "${GPTDIST_EXTRA[@]}"
+      done ;;
+    plan)
+      for parallel in ddp fsdp; do
+        for run in "124M $SMALL 8 16 32" "355M $MEDIUM 4 8 16"; do
+          read -r name config sizes <<<"$run"
+          for mb in $sizes; do
+            record "$name mb$mb $parallel" "plan vs run" python3 benchmarks/plan_vs_run.py --config "$config" \
+              --steps 5 data.dir="$TMP/tokens" train.micro_batch_size="$mb" train.grad_accum_steps=1 \
+              train.parallel=$parallel "${GPTDIST_EXTRA[@]}"
+          done
+        done
       done ;;
     generate)
       for batch in 1 8; do

@@ -319,6 +319,7 @@ def build_parser():
 def check(args) -> None:
     """Everything the programs need, before any of them trains: the checkout, the data, the shape each
     recipe takes, the device, the folders the results go to."""
+    from benchmarks.outputs import check_outputs
     from gptdist import config
     from gptdist.distributed import Dist, pick_device
     from gptdist.errors import UserError
@@ -336,25 +337,8 @@ def check(args) -> None:
         if args.data:
             cfg.data.dir = args.data
             check_before_work(cfg, Dist(rank=0, local_rank=0, world_size=1, device=device))
-    for flag, path, kind in (("--results", Path(args.results), "a file of JSON rows"),
-                             ("--plot", Path(args.plot), "a PNG image")):
-        if not path.resolve().parent.is_dir():
-            raise UserError(f"{flag} {path}: the folder {path.parent} does not exist")
-        if path.is_dir() or path.is_symlink() or (path.exists() and not written_here(path)):
-            raise UserError(f"{flag} {path} exists and is not {kind} this benchmark writes; choose another "
-                            f"{flag}")
-
-
-def written_here(path: Path) -> bool:
-    """Whether `path` is what this benchmark writes there: rows of JSON objects (appended to), or a PNG."""
-    if path.suffix == ".png":
-        with open(path, "rb") as f:
-            return f.read(8) == b"\x89PNG\r\n\x1a\n"
-    try:
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        return all(isinstance(json.loads(row), dict) for row in rows)
-    except (ValueError, UnicodeDecodeError):
-        return False
+    check_outputs((("--results", args.results, "a file of JSON rows"), ("--plot", args.plot, "a PNG image")),
+                  UserError)
 
 
 def main(argv=None) -> None:

@@ -362,7 +362,8 @@ def _convert(key: str, value, hint):
                 return _convert(key, value, option)
             except UserError:
                 pass
-        names = [" or ".join(typing.get_args(o)) if typing.get_origin(o) is Literal else o.__name__ for o in options]
+        names = [" or ".join(typing.get_args(option)) if typing.get_origin(option) is Literal
+                 else option.__name__ for option in options]
         raise UserError(f"config key {key}: expected {' or '.join(names)}, got {value!r}")
     if origin is Literal:
         if value not in args:

@@ -36,6 +36,7 @@ PLAN = "gptdist.plan"
 NANOGPT, TIME_TO_LOSS = "benchmarks/nanogpt_compare.py", "benchmarks/time_to_loss.py"
 SYNTHETIC, TEXT = "benchmarks/synthetic_shards.py", "benchmarks/text_corpus.py"
 REPORT = "benchmarks/gpu_report.py"
+SCALE, PLAN_VS_RUN = "benchmarks/scale.py", "benchmarks/plan_vs_run.py"
 
 # {run} is a finished run (checkpoints at steps 1 and 2), {data} its data, {tmp} a folder of other files.
 # A command line of each command that works on them: a flag's case replaces its part of it.
@@ -57,10 +58,14 @@ WORKING = {
     SYNTHETIC: ["--tokens", "100", "--out", "{tmp}/synthetic"],
     TEXT: ["--megabytes", "1", "--out", "{tmp}/text"],
     REPORT: ["--results", "{tmp}/rows.jsonl"],
+    SCALE: ["--data", "{data}", "--sizes", "2", "--results", "{tmp}/scale.jsonl", "--plot",
+            "{tmp}/scale.png"],
+    PLAN_VS_RUN: ["--config", str(CONFIG), "--steps", "1"],
 }
 PARSERS = {TRAIN: train, GENERATE: generate, EVALUATE: evaluate, EXPORT: export, PREPARE: prepare,
-           BENCH: bench, PLAN: plan, **{script: command_module(script) for script in (NANOGPT, TIME_TO_LOSS, SYNTHETIC,
-                                                                          TEXT, REPORT)}}
+           BENCH: bench, PLAN: plan,
+           **{script: command_module(script)
+              for script in (NANOGPT, TIME_TO_LOSS, SYNTHETIC, TEXT, REPORT, SCALE, PLAN_VS_RUN)}}
 
 # A path that leaves its place: an input through a file's `..` (it exists for no reader, whatever a
 # lexical reading says), an output into what the user has.
@@ -255,8 +260,12 @@ HAND = [
      "is not divisible by model.n_heads 5"),
     (SYNTHETIC, ["--tokens", "100", "--out", "{tmp}/project"], "already exists"),
     (REPORT, ["--curves", "124M", "{run}", "{tmp}"], "holds no metrics.jsonl"),
+    (SCALE, ["--data", "{data}", "--sizes", "2,3"], "--sizes: 3 does not divide the global batch of 32"),
+    (SCALE, ["--data", "{data}", "--results", "{tmp}/corpus.txt"],
+     "is not a file of JSON rows this benchmark"),
     # a plan stops where the run would, with the run's line
-    (PLAN, ["--config", str(CONFIG), "--gpu", "a800"], "--gpu 'a800' is neither a known GPU (h100-pcie, h100"),
+    (PLAN, ["--config", str(CONFIG), "--gpu", "a800"],
+     "--gpu 'a800' is neither a known GPU (h100-pcie, h100"),
     (PLAN, ["--config", str(CONFIG), "--gpu", "80:0:3"], "--gpu '80:0:3': memory, TFLOPS and TB/s must be"),
     (PLAN, ["--config", str(CONFIG), "--gpus-per-node", "64", "data.dir={data}"],
      "a global batch of 256 sequences is larger than the train split (72 samples of 65 tokens)"),

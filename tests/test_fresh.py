@@ -82,8 +82,8 @@ def test_every_command_and_console_script_end_to_end_in_new_interpreters(tmp_pat
                   f"data.dir={data}", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
                   "model.context_length=32", "--steps", 2, "--warmup", 1)
     assert '"benchmark": "train"' in bench.stdout and '"world_size": 1' in bench.stdout
-    planned = fresh(script("gptdist-plan"), "--config", REPO / "configs" / "verdict-tiny.yaml", f"data.dir={data}",
-                    "--nodes", 2, "--gpus-per-node", 2)
+    planned = fresh(script("gptdist-plan"), "--config", REPO / "configs" / "verdict-tiny.yaml",
+                    f"data.dir={data}", "--nodes", 2, "--gpus-per-node", 2)
     assert "world size 4" in planned.stdout and "memory per GPU" in planned.stdout, planned.stdout
 
 

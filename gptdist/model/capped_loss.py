@@ -47,8 +47,9 @@ class _BlockwiseCappedLoss(torch.autograd.Function):
         counted = targets != ignore_index
         in_place = grad is not None and grad.dtype == torch.float32  # else computed in fp32, then copied
         block_rows = max(1, BLOCK_BYTES // (vocab_size * 4))
-        # Fake tensors (gptdist.plan's) hold no values: one block stands for all, with the same memory.
-        for start in range(0, rows if not isinstance(logits, FakeTensor) else 1, block_rows):
+        # Fake tensors (gptdist.plan's) hold no values: two blocks stand for all (the second meets what the
+        # first leaves), with the same memory.
+        for start in range(0, rows if not isinstance(logits, FakeTensor) else 2 * block_rows, block_rows):
             block = slice(start, start + block_rows)
             tanh = torch.div(logits[block, :vocab_size].float(), cap).tanh_()
             target = targets[block].where(counted[block], 0).unsqueeze(1)

@@ -12,8 +12,8 @@ from ..model.gpt import GPTModel
 from ..observe.flops import flops_per_token
 from ..observe.gpus import GPU
 from ..training import checks, micro_batch, precision
-from . import batch, memory, timing
-from .data import data_plan
+from . import batch, step_memory, timing
+from .epochs import data_plan
 
 GB = 1e9
 
@@ -42,8 +42,9 @@ def planned_dtype(cfg: Config) -> torch.dtype:
 
 def _with_micro_batch(cfg: Config, per_rank: int) -> Config:
     """`cfg` with auto's micro-batch as the whole share: the run's checks then see its global batch."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=per_rank,
-                                                              grad_accum_steps=1))
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, micro_batch_size=per_rank, grad_accum_steps=1)
+    )
 
 
 def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
@@ -52,30 +53,35 @@ def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
     train = cfg.train
     per_rank = micro_batch.per_rank_batch(train, world)
     global_batch = per_rank * world
-    usable = target.gpu.memory_gib * (1 - target.headroom) * memory.GIB
+    usable = target.gpu.memory_gib * (1 - target.headroom) * step_memory.GIB
     notes = []
-    with memory.fake_world(world, train.parallel) as (ctx, mesh):
+    with step_memory.fake_world(world, train.parallel) as (ctx, mesh):
         auto = train.micro_batch_size == micro_batch.AUTO
         not_checked = checks.check_elsewhere(_with_micro_batch(cfg, per_rank) if auto else cfg, ctx)
         data_here = not any(entry.startswith("data.") for entry in not_checked)
         data = data_plan(cfg, world, global_batch, data_here, target.data_tokens)
-        measured: dict[int, memory.StepMemory] = {}
+        measured: dict[int, step_memory.StepMemory] = {}
 
-        def step_memory(size: int) -> memory.StepMemory:
+        def measured_at(size: int) -> step_memory.StepMemory:
             if size not in measured:
-                measured[size] = memory.measure(cfg, ctx, mesh, dtype, size, per_rank // size)
+                measured[size] = step_memory.measure(cfg, ctx, mesh, dtype, size, per_rank // size)
             return measured[size]
 
         if not auto:
-            step_memory(train.micro_batch_size)
-        largest = batch.largest_fitting(per_rank, lambda size: step_memory(size).peak <= usable,
-                                        {size: step.peak <= usable for size, step in measured.items()})
+            measured_at(train.micro_batch_size)
+        largest = batch.largest_fitting(
+            per_rank,
+            lambda size: measured_at(size).peak <= usable,
+            {size: step.peak <= usable for size, step in measured.items()},
+        )
         size = max(largest, 1) if auto else train.micro_batch_size
-        chosen = step_memory(size)
+        chosen = measured_at(size)
     with FakeTensorMode():
         flops = flops_per_token(GPTModel(cfg.model))
     if train.compile:
-        notes.append("memory measured uncompiled: a compiled step keeps fewer intermediates (its peak is lower)")
+        notes.append(
+            "memory measured uncompiled: a compiled step keeps fewer intermediates (its peak is lower)"
+        )
     tokens_per_step = global_batch * cfg.model.context_length
     use = timing.utilisation(target.gpu, cfg.model, size, target.mfu)
     step_s = timing.step_seconds(tokens_per_step, flops, world, target.gpu, use.mfu)
@@ -87,23 +93,49 @@ def make_plan(cfg: Config, config_name: str, target: Target) -> dict:
     busiest = whole / world if cfg.checkpoint.sharded else whole
     epochs = steps / data.steps_per_epoch if steps and data.steps_per_epoch else None
     return {
-        "config": config_name, "nodes": target.nodes, "gpus_per_node": target.gpus_per_node,
-        "world_size": world, "gpu": dataclasses.asdict(target.gpu), "parallel": train.parallel,
-        "precision": precision.name(dtype), "activation_checkpointing": train.activation_checkpointing,
-        "micro_batch_size": size, "grad_accum_steps": per_rank // size,
-        "micro_batch_auto": auto, "compile": train.compile,
-        "global_batch": global_batch, "tokens_per_step": tokens_per_step,
-        "memory_gib": chosen.gib(), "memory_bytes": chosen.bytes(), "usable_gib": round(usable / memory.GIB, 3),
-        "fits": chosen.peak <= usable, "max_micro_batch": largest,
+        "config": config_name,
+        "nodes": target.nodes,
+        "gpus_per_node": target.gpus_per_node,
+        "world_size": world,
+        "gpu": dataclasses.asdict(target.gpu),
+        "parallel": train.parallel,
+        "precision": precision.name(dtype),
+        "activation_checkpointing": train.activation_checkpointing,
+        "micro_batch_size": size,
+        "grad_accum_steps": per_rank // size,
+        "micro_batch_auto": auto,
+        "compile": train.compile,
+        "global_batch": global_batch,
+        "tokens_per_step": tokens_per_step,
+        "memory_gib": chosen.gib(),
+        "memory_bytes": chosen.bytes(),
+        "usable_gib": round(usable / step_memory.GIB, 3),
+        "fits": chosen.peak <= usable,
+        "max_micro_batch": largest,
         "max_micro_batch_grad_accum": per_rank // largest if largest else None,
-        "flops_per_token": flops, "mfu": use.mfu, "mfu_source": use.source, "step_s": step_s,
-        "tokens_per_s": tokens_per_step / step_s, "steps": steps, "hours": hours,
+        "flops_per_token": flops,
+        "mfu": use.mfu,
+        "mfu_source": use.source,
+        "step_s": step_s,
+        "tokens_per_s": tokens_per_step / step_s,
+        "steps": steps,
+        "hours": hours,
         "gpu_hours": hours * world if hours is not None else None,
-        "checkpoint_gib": round(whole / memory.GIB, 3), "checkpoint_rank_gib": round(busiest / memory.GIB, 3),
+        "checkpoint_gib": round(whole / step_memory.GIB, 3),
+        "checkpoint_rank_gib": round(busiest / step_memory.GIB, 3),
         "checkpoint_layout": "sharded: every rank its part" if cfg.checkpoint.sharded else "one file, rank 0",
-        "checkpoint_write_s": busiest / (target.write_gbps * GB), "write_gbps": target.write_gbps,
-        "data": {"source": data.source, "tokens": data.tokens, "windows": data.windows,
-                 "windows_per_rank": data.steps_per_epoch * global_batch // world if data.steps_per_epoch
-                 else None, "steps_per_epoch": data.steps_per_epoch, "epochs": epochs},
-        "not_checked": not_checked, "notes": notes,
+        "checkpoint_write_s": busiest / (target.write_gbps * GB),
+        "write_gbps": target.write_gbps,
+        "data": {
+            "source": data.source,
+            "tokens": data.tokens,
+            "windows": data.windows,
+            "windows_per_rank": data.steps_per_epoch * global_batch // world
+            if data.steps_per_epoch
+            else None,
+            "steps_per_epoch": data.steps_per_epoch,
+            "epochs": epochs,
+        },
+        "not_checked": not_checked,
+        "notes": notes,
     }

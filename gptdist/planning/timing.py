@@ -13,7 +13,14 @@ from ..observe.gpus import GPU
 
 # (GPU, model.n_layers, model.emb_dim, micro-batch, MFU, where it was measured): compiled, bf16, one GPU.
 MEASURED = [
-    ("h200", 12, 768, 64, 0.462, "gptdist on one H200, 2026-11-30: configs/gutenberg-gpt2-124m.yaml as shipped"),
+    (
+        "h200",
+        12,
+        768,
+        64,
+        0.462,
+        "gptdist on one H200, 2026-11-30: configs/gutenberg-gpt2-124m.yaml as shipped",
+    ),
     ("h100", 12, 768, 16, 0.279, "gptdist on one H100, 2026-11-22: 124M at micro-batch 16"),
     ("h100", 24, 1024, 16, 0.385, "gptdist on one H100, 2026-11-22: 355M at micro-batch 16"),
 ]
@@ -35,9 +42,10 @@ def utilisation(gpu: GPU, model: ModelConfig, micro_batch: int, given: float | N
     if rows:
         row = min(rows, key=lambda row: abs(row[3] - micro_batch))
         return Utilisation(row[4], f"measured: {row[5]}")
-    return Utilisation(DEFAULT_MFU, f"default: no measurement of this GPU and model shape; --mfu gives "
-                                    "one")
+    return Utilisation(DEFAULT_MFU, "default: no measurement of this GPU and model shape; --mfu gives one")
 
 
-def step_seconds(tokens_per_step: int, flops_per_token: float, world_size: int, gpu: GPU, mfu: float) -> float:
+def step_seconds(
+    tokens_per_step: int, flops_per_token: float, world_size: int, gpu: GPU, mfu: float
+) -> float:
     return tokens_per_step * flops_per_token / (world_size * gpu.bf16_tflops * 1e12 * mfu)

@@ -181,7 +181,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, ctx: Dist, dtype: torch.dtyp
     """The model ready to train: build the optimizer from its parameters afterwards (FSDP replaces them).
     Under ddp, `gradients_ready` (a phases.Phases) is told when each gradient bucket is ready. Under fsdp,
     `mesh` is the device mesh to shard over (None: every rank of the default group; the plan makes its own
-    before faking tensors, planning/memory.py)."""
+    before faking tensors, planning/step_memory.py)."""
     check_supported(cfg, ctx, dtype)
     if cfg.float8:
         float8.convert_linears(model, cfg.float8, ctx.device)

@@ -4,14 +4,15 @@ group of the planned world size.
 
 The model, `parallelize` (FP8 layers, activation checkpointing, DDP or FSDP2 over the fake group) and the
 optimizer are the ones a run builds; two optimizer steps of up to two micro-batches each are run, so that
-the optimizer's state exists and gradients accumulate as they do. The figures are rank 0's, the largest
+the optimizer's state exists and gradients accumulate as they do, and the second step's forward and
+backward are measured. The figures are rank 0's, the largest
 share under fsdp (its shards are the first, full chunks):
 
 - parameters, gradients, optimizer: what lives through the run (observe/memory.py `state_bytes`, as
   `gptdist.bench memory` counts a real run's);
 - activations: what one micro-batch's forward keeps for its backward (`SavedForBackward`, the same count);
-- peak: the most held at once over the steps (torch.distributed._tools' MemTracker, FSDPMemTracker
-  under fsdp: gathered weights and reduce buffers included);
+- peak: the most held at once in the measured forward and backward (observe/memory.py `peak_tracker`:
+  gathered weights and reduce buffers included under fsdp);
 - temporaries: the rest of the peak (logits, the backward's intermediates, communication buffers).
 
 The step is measured uncompiled: a compiled step fuses operations and keeps fewer intermediates, so the
@@ -20,19 +21,18 @@ peak of a `train.compile` run is lower (an upper bound, not an estimate of it).
 
 import contextlib
 import dataclasses
+import gc
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..config import Config
 from ..distributed import Dist
 from ..model.gpt import GPTModel
-from ..observe.memory import SavedForBackward, state_bytes
+from ..observe.memory import SavedForBackward, peak_tracker, state_bytes, tracked_peak
 from ..training import optimizer
 from ..training.parallelize import parallelize
 
@@ -55,8 +55,14 @@ class StepMemory:
         return max(0, self.peak - self.parameters - self.gradients - self.optimizer - self.activations)
 
     def bytes(self) -> dict[str, int]:
-        return {"parameters": self.parameters, "gradients": self.gradients, "optimizer": self.optimizer,
-                "activations": self.activations, "temporaries": self.temporaries, "peak": self.peak}
+        return {
+            "parameters": self.parameters,
+            "gradients": self.gradients,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "temporaries": self.temporaries,
+            "peak": self.peak,
+        }
 
     def gib(self) -> dict[str, float]:
         return {name: round(value / GIB, 3) for name, value in self.bytes().items()}
@@ -77,27 +83,17 @@ def fake_world(world_size: int, parallel: str):
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
-        yield Dist(rank=0, local_rank=0, world_size=world_size, device=cpu), init_device_mesh("cpu", (world_size,))
+        yield (
+            Dist(rank=0, local_rank=0, world_size=world_size, device=cpu),
+            init_device_mesh("cpu", (world_size,)),
+        )
     finally:
         dist.destroy_process_group()
 
 
-class _OnlyPeak(MemTracker):
-    """MemTracker keeping the step's peak alone: its per-module peaks, compared after every operation
-    with every module of the model, would make the measure of gpt2-xl's 48 blocks take a minute."""
-
-    def _update_peak_stats(self, peak_state) -> None:
-        for device, figures in self._curr_mem_snap.items():
-            if self._peak_mem.get(device, 0) < figures["Total"]:
-                self._peak_mem[device] = figures["Total"]
-                self._peak_mem_snap[device] = dict(figures)
-
-
-class _OnlyPeakFSDP(FSDPMemTracker):
-    _update_peak_stats = _OnlyPeak._update_peak_stats
-
-
-def measure(cfg: Config, ctx: Dist, mesh, dtype: torch.dtype, micro_batch: int, grad_accum: int) -> StepMemory:
+def measure(
+    cfg: Config, ctx: Dist, mesh, dtype: torch.dtype, micro_batch: int, grad_accum: int
+) -> StepMemory:
     """Rank 0's memory for a step of `cfg`'s model at `micro_batch` with `grad_accum` micro-batches a step,
     its matmuls in `dtype` (see above)."""
     train = dataclasses.replace(cfg.train, compile=False, micro_batch_size=micro_batch)
@@ -107,27 +103,44 @@ def measure(cfg: Config, ctx: Dist, mesh, dtype: torch.dtype, micro_batch: int, 
         parallel = parallelize(model, train, ctx, dtype, mesh=mesh)
         steps = optimizer.build(model, cfg.optim)
         tokens = torch.zeros(micro_batch, cfg.model.context_length + 1, dtype=torch.long)
-    if train.parallel == "fsdp":
-        tracker = _OnlyPeakFSDP(model, steps)
-    else:
-        tracker = _OnlyPeak()
-        tracker.track_external(model, steps)
     autocast = torch.autocast("cpu", dtype) if dtype != torch.float32 else contextlib.nullcontext()
     micro_steps = min(2, grad_accum)  # a second micro-batch meets the first one's gradients
     # DDP's gradients live in its all-reduce buckets, allocated once for the whole run
     buckets = train.parallel == "ddp" and ctx.world_size > 1
-    with fake, tracker:
-        for step in range(2):
-            for micro in range(micro_steps):
-                with parallel.grad_sync(last_micro_step=micro == micro_steps - 1):
-                    with SavedForBackward(model) as saved, autocast:
-                        loss = parallel.loss(tokens[:, :-1], tokens[:, 1:])
-                    activations = saved.bytes
-                    loss.backward()
+
+    def forward_and_backward(tracker=None) -> int:
+        for micro in range(micro_steps):
+            with parallel.grad_sync(last_micro_step=micro == micro_steps - 1):
+                with SavedForBackward(model) as saved, autocast:
+                    loss = parallel.loss(tokens[:, :-1], tokens[:, 1:])
+                loss.backward()
+            if tracker is not None:
                 tracker.reset_mod_stats()  # a module's figures are per call; the peak is kept
-            steps.step()
-            state = state_bytes(model, steps)
-            steps.zero_grad(set_to_none=not buckets)
-    (peak,) = (figures["Total"] for figures in tracker.get_tracker_snapshot("peak").values())
-    return StepMemory(micro_batch, state["parameters"], state["gradients"], state["optimizer"], activations,
-                      peak)
+        return saved.bytes
+
+    with fake:  # the first step makes the optimizer's state; the second is measured with it
+        forward_and_backward()
+        steps.step()
+        steps.zero_grad(set_to_none=not buckets)
+        tracker = peak_tracker(model, steps)
+        # what is garbage now is freed now, and nothing during the measure: the peak is then the step's own,
+        # not the moment the cyclic collector happened to run (the same plan twice, the same bytes)
+        gc.collect()
+        gc.disable()
+        try:
+            with tracker:
+                activations = forward_and_backward(tracker)
+        finally:
+            gc.enable()
+        # the optimizer's step, left out: on fake tensors the fused AdamW's in-place update is made of new
+        # tensors that the real kernel never allocates, and in place it holds less than the backward did
+        steps.step()
+        state = state_bytes(model, steps)
+    return StepMemory(
+        micro_batch,
+        state["parameters"],
+        state["gradients"],
+        state["optimizer"],
+        activations,
+        tracked_peak(tracker),
+    )

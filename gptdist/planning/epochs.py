@@ -19,16 +19,25 @@ class DataPlan:
     steps_per_epoch: int | None = None
 
 
-def data_plan(cfg: Config, world_size: int, global_batch: int, here: bool, data_tokens: int | None) -> DataPlan:
+def data_plan(
+    cfg: Config, world_size: int, global_batch: int, here: bool, data_tokens: int | None
+) -> DataPlan:
     """The figures at `global_batch` sequences a step; a batch larger than the data is refused as `train`
     refuses it."""
     if here:
         opened = sources.open_sources(cfg)
         sampler, _ = sources.training_order(cfg, opened, global_batch, 0, world_size, report=False)
-        windows = (sampler.num_samples if not sources.mixed(cfg)
-                   else sum(source.stream.windows_per_epoch for source in sampler.sources))
-        return DataPlan("the prepared data folders", sum(source.train.total_tokens for source in opened),
-                        windows, sampler.steps_per_epoch)
+        windows = (
+            sampler.num_samples
+            if not sources.mixed(cfg)
+            else sum(source.stream.windows_per_epoch for source in sampler.sources)
+        )
+        return DataPlan(
+            "the prepared data folders",
+            sum(source.train.total_tokens for source in opened),
+            windows,
+            sampler.steps_per_epoch,
+        )
     if data_tokens is None:
         return DataPlan("unknown: the data is not on this machine (give --data-tokens N)")
     window = cfg.model.context_length + 1

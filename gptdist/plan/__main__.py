@@ -1,0 +1,5 @@
+"""python -m gptdist.plan: see gptdist/plan/__init__.py."""
+
+from . import main
+
+main()
