@@ -24,6 +24,13 @@ SMALL = [
 RECIPES = {"gpt2": "configs/bench-cpu-small.yaml", "modern": "configs/bench-cpu-small-modern.yaml"}
 
 
+def last_json_row(command: list[str]) -> dict:
+    """The last line of what `command` prints, a JSON row; it must succeed."""
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def plan(*args) -> dict:
     result = run_main("gptdist.plan", *args, "--json")
     assert result.returncode == 0, result.stderr
@@ -44,16 +51,8 @@ def test_the_plan_holds_what_a_real_run_holds(verdict_data, recipe, micro_batch,
     ]
     # train.watchdog=false: no DDP comm hook (a Python callback, whose last reference a gloo thread may drop
     # while the process frees its process group at exit: docs/planning.md); the memory is the same
-    real = subprocess.run(
-        torchrun_command(2, "memory", "--config", RECIPES[recipe], "--steps", "1", *overrides,
-                         "train.watchdog=false", module="gptdist.bench"),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert real.returncode == 0, real.stderr[-3000:]
-    measured = json.loads(real.stdout.splitlines()[-1])
+    measured = last_json_row(torchrun_command(2, "memory", "--config", RECIPES[recipe], "--steps", "1",
+                                              *overrides, "train.watchdog=false", module="gptdist.bench"))
     planned = plan("--config", RECIPES[recipe], "--gpus-per-node", "2", *overrides)["memory_bytes"]
     for kind in ("parameters", "gradients", "optimizer"):
         assert planned[kind] == round(measured[f"{kind}_mb"] * 2**20), (kind, planned, measured)
@@ -167,25 +166,8 @@ def test_every_config_plans_at_one_eight_and_sixty_four_gpus(tmp_path, config):
 def test_the_gpu_benchmarks_plan_part_sets_the_plan_beside_the_run(verdict_data, parallel):
     """benchmarks/plan_vs_run.py (gpu.sh's `plan` part) on a CPU with a tiny shape: one row of planned and
     measured figures, the state equal."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/plan_vs_run.py",
-            "--config",
-            RECIPES["gpt2"],
-            "--steps",
-            "1",
-            f"data.dir={verdict_data}",
-            *SMALL,
-            f"train.parallel={parallel}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    row = json.loads(result.stdout.splitlines()[-1])
+    row = last_json_row([sys.executable, "benchmarks/plan_vs_run.py", "--config", RECIPES["gpt2"],
+                         "--steps", "1", f"data.dir={verdict_data}", *SMALL, f"train.parallel={parallel}"])
     assert row["benchmark"] == "plan" and row["parallel"] == parallel
     assert row["plan_state_mb"] == row["measured_state_mb"]
     assert row["plan_peak_mb"] > 0 and row["measured_peak_mb"] > 0 and row["plan_ms_per_step"] > 0
