@@ -22,6 +22,7 @@ peak of a `train.compile` run is lower (an upper bound, not an estimate of it).
 import contextlib
 import dataclasses
 import gc
+import io
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +101,10 @@ def measure(
     fake = FakeTensorMode()
     with fake:
         model = GPTModel(cfg.model)
-        parallel = parallelize(model, train, ctx, dtype, mesh=mesh)
+        # train.float8's notice that a CPU emulates FP8 is a run's, not the plan's: its fake tensors stand
+        # for the GPU's
+        with contextlib.redirect_stdout(io.StringIO()):
+            parallel = parallelize(model, train, ctx, dtype, mesh=mesh)
         steps = optimizer.build(model, cfg.optim)
         tokens = torch.zeros(micro_batch, cfg.model.context_length + 1, dtype=torch.long)
     autocast = torch.autocast("cpu", dtype) if dtype != torch.float32 else contextlib.nullcontext()
