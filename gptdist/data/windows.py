@@ -13,6 +13,11 @@ from ..errors import UserError
 from .shards import Manifest
 
 
+def window_count(tokens: int, window: int, stride: int) -> int:
+    """How many windows of `window` tokens, one every `stride`, a split of `tokens` tokens holds."""
+    return max(0, (tokens - window) // stride + 1)
+
+
 class TokenWindows:
     """The windows of one split, read from its memory-mapped shards."""
 
@@ -25,7 +30,7 @@ class TokenWindows:
         lengths = np.array(manifest.shard_lengths(split), dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)])  # token offset of each shard
         self.total_tokens = int(self.starts[-1])
-        self.num_samples = max(0, (self.total_tokens - self.window) // stride + 1)
+        self.num_samples = window_count(self.total_tokens, self.window, stride)
         if self.num_samples == 0:
             raise UserError(
                 f"the {split} split of {manifest.folder} has {self.total_tokens} tokens, too few for one "

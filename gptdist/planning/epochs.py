@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..data import sources
+from ..data.windows import window_count
 
 
 @dataclass
@@ -41,6 +42,6 @@ def data_plan(
     if data_tokens is None:
         return DataPlan("unknown: the data is not on this machine (give --data-tokens N)")
     window = cfg.model.context_length + 1
-    windows = max(0, (data_tokens - window) // cfg.data.stride + 1)
+    windows = window_count(data_tokens, window, cfg.data.stride)
     sources.check_batch_fits(global_batch, windows, window)
     return DataPlan("--data-tokens", data_tokens, windows, windows // global_batch)

@@ -112,18 +112,14 @@ def measure(
     # DDP's gradients live in its all-reduce buckets, allocated once for the whole run
     buckets = train.parallel == "ddp" and ctx.world_size > 1
 
-    def forward_and_backward(tracker=None) -> int:
-        for micro in range(micro_steps):
-            with parallel.grad_sync(last_micro_step=micro == micro_steps - 1):
-                with SavedForBackward(model) as saved, autocast:
-                    loss = parallel.loss(tokens[:, :-1], tokens[:, 1:])
-                loss.backward()
-            if tracker is not None:
-                tracker.reset_mod_stats()  # a module's figures are per call; the peak is kept
-        return saved.bytes
-
-    with fake:  # the first step makes the optimizer's state; the second is measured with it
-        forward_and_backward()
+    with fake:
+        # the first step, of one micro-batch: what its forward keeps for the backward is counted, and the
+        # optimizer's state is made
+        with SavedForBackward(model) as saved, autocast:
+            loss = parallel.loss(tokens[:, :-1], tokens[:, 1:])
+        activations = saved.bytes
+        saved = None  # no hold on the saved tensors beyond their backward
+        loss.backward()
         steps.step()
         steps.zero_grad(set_to_none=not buckets)
         tracker = peak_tracker(model, steps)
@@ -132,8 +128,9 @@ def measure(
         gc.collect()
         gc.disable()
         try:
-            with tracker:
-                activations = forward_and_backward(tracker)
+            with tracker:  # the second step, with the state
+                for _ in parallel.micro_steps([tokens] * micro_steps, autocast):
+                    tracker.reset_mod_stats()  # a module's figures are per call; the peak is kept
         finally:
             gc.enable()
         # the optimizer's step, left out: on fake tensors the fused AdamW's in-place update is made of new

@@ -41,13 +41,12 @@ def _check(cfg: Config, ctx: Dist, elsewhere: bool = False) -> list[str]:
     absent = []
     for key, path in config.path_keys(cfg, config.INPUT):
         # data folders: their manifests say more below; model.init_from: read only by a run that starts afresh
-        needed = not key.startswith("data.") and (key != "model.init_from" or fresh)
+        data = key.startswith("data.")
+        needed = not data and (key != "model.init_from" or fresh)
         missing = not Path(path).exists() and not (key == "model.init_from" and pretrained.is_gpt2(path))
-        if key.startswith("data.") and missing:
+        if missing and (data or needed and elsewhere):
             absent.append(f"{key} {path}")
-        elif needed and missing and elsewhere:
-            absent.append(f"{key} {path}")
-        elif needed and missing:
+        elif missing and needed:
             raise UserError(f"{key} {path} does not exist")
     check_supported(cfg.train, ctx, precision.resolve(cfg.train.precision, ctx.device))
     if not elsewhere:

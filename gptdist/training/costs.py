@@ -251,12 +251,7 @@ def tracked_step_peak(trainer) -> int:
     allocated by its C++ reducer out of the tracker's sight, count as the gradients they hold."""
     tracker = peak_tracker(trainer.model, trainer.optimizer)
     with tracker:
-        batches = trainer.loader.next()
-        for i, batch in enumerate(batches):
-            with trainer.parallel.grad_sync(last_micro_step=i == len(batches) - 1):
-                with trainer.precision.autocast:
-                    loss = trainer.parallel.loss(batch[:, :-1], batch[:, 1:])
-                loss.backward()
+        for _ in trainer.parallel.micro_steps(trainer.loader.next(), trainer.precision.autocast):
             tracker.reset_mod_stats()  # a module's figures are per call; the peak is kept
     peak = tracked_peak(tracker)
     if trainer.parallel.ddp is not None:

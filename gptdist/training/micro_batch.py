@@ -9,6 +9,7 @@ with the run's config (RUN/config.yaml and every checkpoint), and kept by a resu
 share, which does not measure again. On a CPU there is no GPU memory to fit: a number is asked for.
 """
 
+import dataclasses
 import gc
 import json
 import subprocess
@@ -16,9 +17,8 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from .. import distributed
+from .. import config, distributed
 from ..config import Config, TrainConfig
 from ..distributed import Dist, print0
 from ..errors import UserError
@@ -93,8 +93,8 @@ def _kept_by_the_run(cfg: Config) -> int | None:
     saved = Path(cfg.run.out_dir) / "config.yaml"
     if starts_afresh(cfg) or not saved.is_file():
         return None
-    value = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("micro_batch_size")
-    return value if isinstance(value, int) else None
+    value = config.load(str(saved), []).train.micro_batch_size  # written resolved by the first start
+    return value if value != AUTO else None
 
 
 def _planned(config_file: str, overrides: list[str], ctx: Dist) -> int:
@@ -130,7 +130,7 @@ def _planned(config_file: str, overrides: list[str], ctx: Dist) -> int:
 def _confirmed(cfg: Config, ctx: Dist, size: int, per_rank: int) -> int:
     """The largest micro-batch from `size` down (divisors of `per_rank`) whose step fits on every rank."""
     for candidate in [size, *divisors_below(per_rank, size)]:
-        fits = torch.tensor([1.0 if _step_fits(cfg, ctx, candidate) else 0.0], device=ctx.device)
+        fits = torch.tensor([1.0 if _step_fits(cfg, ctx, candidate, per_rank) else 0.0], device=ctx.device)
         if distributed.all_reduce_min(fits).item() == 1.0:
             return candidate
     raise UserError(
@@ -139,40 +139,38 @@ def _confirmed(cfg: Config, ctx: Dist, size: int, per_rank: int) -> int:
     )
 
 
-def _step_fits(cfg: Config, ctx: Dist, size: int) -> bool:
+def _step_fits(cfg: Config, ctx: Dist, size: int, per_rank: int) -> bool:
     """One uncompiled training step of the model in its parallel form at `size` (a compiled one holds
-    less), on random tokens; everything it made is freed."""
+    less), on random tokens, of up to two micro-batches as the plan measured it; everything it made is
+    freed."""
     from .build import built_model
     from .optimizer import build as build_optimizer
     from .phases import Phases
     from .precision import Precision
 
-    train = cfg.train
-    saved_compile, train.compile = train.compile, False
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
     try:
-        precision = Precision.of(train, ctx.device)
+        precision = Precision.of(cfg.train, ctx.device)
         model, parallel = built_model(
             cfg,
             ctx,
             precision,
             None,
             from_source=False,
-            phases=Phases(train.hang_timeout_s, cfg.dist.init_timeout_s),
+            phases=Phases(cfg.train.hang_timeout_s, cfg.dist.init_timeout_s),
         )
         steps = build_optimizer(model, cfg.optim)
         tokens = torch.randint(
             0, cfg.model.vocab_size, (size, cfg.model.context_length + 1), device=ctx.device
         )
-        with precision.autocast:
-            loss = parallel.loss(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
+        for _ in parallel.micro_steps([tokens] * min(2, per_rank // size), precision.autocast):
+            pass
         steps.step()
         torch.cuda.synchronize(ctx.device)
         return True
     except torch.cuda.OutOfMemoryError:
         return False
     finally:
-        train.compile = saved_compile
-        model = parallel = steps = tokens = loss = None
+        model = parallel = steps = tokens = None
         gc.collect()
         torch.cuda.empty_cache()

@@ -1,9 +1,9 @@
 """What turns the model into what a training step runs: FP8 layers, activation checkpointing,
 torch.compile, and DDP or FSDP2.
 
-`parallelize` is the one place that knows how the model is wrapped; the Trainer calls the
-result's `loss`, enters `grad_sync` around each micro-step's backward and clips through
-`clip_grad_norm`, the same for every kind of parallelism. Order matters: FP8 layers and the
+`parallelize` is the one place that knows how the model is wrapped; the Trainer runs a step's
+micro-batches through the result's `micro_steps` (its `loss`, and `grad_sync` around each backward)
+and clips through `clip_grad_norm`, the same for every kind of parallelism. Order matters: FP8 layers and the
 activation-checkpointing wrappers replace modules, so they come first.
 
 - ddp: DDP wraps the model (whose forward with targets is the loss) and torch.compile wraps DDP, so
@@ -51,6 +51,18 @@ class TrainingModel:
         if self.ddp is None or last_micro_step:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
+
+    def micro_steps(self, batches: list[torch.Tensor], autocast, scale=lambda loss: loss):
+        """The forward and backward of each micro-batch of one optimizer step: gradients accumulate
+        locally and are reduced in the last one's backward; each loss is backpropagated divided by the
+        micro-batches (and through `scale`: fp16's loss scaler). Yields each loss once its backward is
+        done (the training step, and the memory measures of gptdist.plan and gptdist.bench memory)."""
+        for micro_step, batch in enumerate(batches):
+            with self.grad_sync(last_micro_step=micro_step == len(batches) - 1):
+                with autocast:
+                    loss = self.loss(batch[:, :-1], batch[:, 1:])
+                scale(loss / len(batches)).backward()
+            yield loss
 
     def lay_out_buckets(self, tokens: torch.Tensor, autocast) -> None:
         """Under DDP, before a run's first step: one backward on `tokens` whose gradients are dropped,

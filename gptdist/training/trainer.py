@@ -121,11 +121,7 @@ class Trainer:
         self.phases.enter("forward/backward", step)
         self.schedule.apply()
         step_loss = torch.zeros((), device=self.ctx.device)
-        for micro_step, batch in enumerate(batches):
-            with self.parallel.grad_sync(last_micro_step=micro_step == len(batches) - 1):
-                with self.precision.autocast:
-                    loss = self.parallel.loss(batch[:, :-1], batch[:, 1:])
-                self.precision.scaler.scale(loss / len(batches)).backward()
+        for loss in self.parallel.micro_steps(batches, self.precision.autocast, self.precision.scaler.scale):
             step_loss += loss.detach() / len(batches)
         self.phases.enter("optimizer", step)
         self.precision.scaler.unscale_(self.optimizer)
