@@ -77,11 +77,6 @@ def setup(device_request: str = "auto", option: str = "train.device", timeout_s:
     return Dist(rank, local_rank, world_size, device, dist.new_group(backend="gloo", timeout=timeout), store)
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def rank() -> int:
     return int(os.environ.get("RANK", 0))
 

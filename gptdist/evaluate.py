@@ -85,26 +85,23 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_task_flags(args)
     ctx = distributed.setup(args.device, "--device")
-    try:
-        items = hellaswag.load(args.hellaswag_file, args.limit, ctx) if args.task == "hellaswag" else None
-        tasks = tuple(name.strip() for name in args.tasks.split(",") if name.strip()) if args.tasks else None
-        manager = harness.task_manager(tasks, args.include_path) if tasks else None  # before the model
-        manifest = shards.read_manifest(args.data) if args.data else None
-        checkpoint = pretrained.checkpoint_file(args.checkpoint) if args.checkpoint else None
-        model = pretrained.model_from_arguments(args, ctx.device)
-        autocast = precision.autocast(precision.resolve(args.precision, ctx.device), ctx.device)
-        if items:
-            distributed.print0(json.dumps(hellaswag.score(model, items, ctx, autocast, args.batch_size)))
-        elif tasks:
-            output = harness.run(model, manager, tasks, ctx, autocast, args.batch_size, args.limit,
-                                 args.num_fewshot)
-            if checkpoint is not None and ctx.is_main:
-                distributed.print0(f"written to {harness.write_beside(Path(checkpoint), output)}")
-            distributed.print0(json.dumps(output, default=str))
-        else:
-            distributed.print0(json.dumps(evaluate_splits(model, manifest, args, ctx, autocast)))
-    finally:
-        distributed.teardown()
+    items = hellaswag.load(args.hellaswag_file, args.limit, ctx) if args.task == "hellaswag" else None
+    tasks = tuple(name.strip() for name in args.tasks.split(",") if name.strip()) if args.tasks else None
+    manager = harness.task_manager(tasks, args.include_path) if tasks else None  # before the model
+    manifest = shards.read_manifest(args.data) if args.data else None
+    checkpoint = pretrained.checkpoint_file(args.checkpoint) if args.checkpoint else None
+    model = pretrained.model_from_arguments(args, ctx.device)
+    autocast = precision.autocast(precision.resolve(args.precision, ctx.device), ctx.device)
+    if items:
+        distributed.print0(json.dumps(hellaswag.score(model, items, ctx, autocast, args.batch_size)))
+    elif tasks:
+        output = harness.run(model, manager, tasks, ctx, autocast, args.batch_size, args.limit,
+                             args.num_fewshot)
+        if checkpoint is not None and ctx.is_main:
+            distributed.print0(f"written to {harness.write_beside(Path(checkpoint), output)}")
+        distributed.print0(json.dumps(output, default=str))
+    else:
+        distributed.print0(json.dumps(evaluate_splits(model, manifest, args, ctx, autocast)))
 
 
 def evaluate_splits(model, manifest: shards.Manifest, args, ctx: distributed.Dist, autocast) -> dict:

@@ -48,7 +48,6 @@ def main(argv=None) -> None:
     ctx = distributed.setup(cfg.train.device, timeout_s=cfg.dist.init_timeout_s)
     phases = Phases(cfg.train.hang_timeout_s, cfg.dist.init_timeout_s)
     watchdog = Watchdog(phases, ctx, run_dir, enabled=cfg.train.watchdog)
-    groups_broken = False  # a collective timed out: its process group still waits on another rank
     try:
         micro_batch.resolve(cfg, ctx, args.config, args.overrides)  # auto: the largest that fits the GPU
         check_before_work(cfg, ctx)
@@ -57,9 +56,9 @@ def main(argv=None) -> None:
             trainer = build_trainer(cfg, ctx, phases)
             try:
                 outcome = trainer.fit()
-                # Finish together: a rank destroying the process group while another still uses it
-                # can abort the other at exit (seen after elastic restarts). Not on the error path,
-                # where the other ranks may be waiting in another collective.
+                # Finish together: a rank that ends while another still uses the process group breaks
+                # the other's collective (seen after elastic restarts). Not on the error path, where the
+                # other ranks may be waiting in another collective.
                 phases.enter("finish", trainer.progress.step)
                 distributed.barrier()
                 if ctx.is_main:  # every rank has finished, the final checkpoint is durable
@@ -71,15 +70,12 @@ def main(argv=None) -> None:
                     if verdict:
                         print(verdict, flush=True)
                 if timeouts.timed_out(err):
-                    groups_broken = True
                     raise timeouts.timeout_error(cfg.dist, phases) from None
                 raise
             finally:
                 trainer.close()
     finally:
         watchdog.stop()
-        if not groups_broken:  # freeing a broken group waits on it forever; the process ends at once instead
-            distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from gptdist.config import ModelConfig, TrainConfig
 from gptdist.data import shards
 from gptdist.data.sampler import DistributedStepSampler
 from gptdist.data.windows import TokenWindows
+from gptdist.errors import exit_now
 from gptdist.model.gpt import GPTModel
 from gptdist.training.parallelize import parallelize
 
@@ -83,4 +84,4 @@ for variant in sys.argv[2:]:
     difference = max_difference(variant.split("+"), windows, ctx)
     distributed.print0(f"{variant}: gradients equal on {ctx.world_size} ranks and to one process's (max "
                        f"difference {difference:.1e}), and so do the loss and its sum")
-distributed.teardown()
+exit_now(0)  # as gptdist's commands end in process groups (gptdist/errors.py)

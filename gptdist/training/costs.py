@@ -56,12 +56,8 @@ def bench_trainer(args, max_steps: int | None = None):
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     ctx = distributed.setup(cfg.train.device)
-    try:
-        micro_batch.resolve(cfg, ctx, args.config, args.overrides)
-        check_before_work(cfg, ctx)
-    except BaseException:
-        distributed.teardown()
-        raise
+    micro_batch.resolve(cfg, ctx, args.config, args.overrides)
+    check_before_work(cfg, ctx)
     # one folder for every rank, as a run has: a sharded checkpoint's ranks write into the same one
     cfg.run.out_dir = distributed.broadcast_object(str(own_temporary_folder("gptdist-bench")) if ctx.is_main
                                                    else None)
@@ -73,7 +69,6 @@ def bench_trainer(args, max_steps: int | None = None):
         distributed.barrier()  # every rank done with the folder
         if ctx.is_main:
             shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
-        distributed.teardown()
 
 
 def bench_train(args) -> dict:

@@ -60,19 +60,12 @@ def timed_out(err: BaseException) -> bool:
                                               or "Watchdog caught collective operation timeout" in text)
 
 
-class CollectiveTimedOut(UserError):
-    """A collective that timed out: its process group still waits on the other rank, so the process ends
-    at once after the line (UserError.exit_at_once)."""
-
-    exit_at_once = True
-
-
-def timeout_error(cfg_dist, phases) -> CollectiveTimedOut:
+def timeout_error(cfg_dist, phases) -> UserError:
     """The one line for a collective that timed out: which timeout, where this rank was, what to do."""
     phase, step, _ = phases.now
     key, seconds = (("dist.step_timeout_s", cfg_dist.step_timeout_s) if phases.warm
                     else ("dist.init_timeout_s", cfg_dist.init_timeout_s))
-    return CollectiveTimedOut(
+    return UserError(
         f"a collective in {phase} of step {step} timed out after {key} {seconds:g} s: another rank never "
         "reached it (its output says why, or it hangs); with train.watchdog on and train.hang_timeout_s "
         "below the timeout, the hang is named and its stacks written first")
