@@ -49,10 +49,8 @@ def test_the_plan_holds_what_a_real_run_holds(verdict_data, recipe, micro_batch,
         f"train.micro_batch_size={micro_batch}",
         f"train.parallel={parallel}",
     ]
-    # train.watchdog=false: no DDP comm hook (a Python callback, whose last reference a gloo thread may drop
-    # while the process frees its process group at exit: docs/planning.md); the memory is the same
     measured = last_json_row(torchrun_command(2, "memory", "--config", RECIPES[recipe], "--steps", "1",
-                                              *overrides, "train.watchdog=false", module="gptdist.bench"))
+                                              *overrides, module="gptdist.bench"))
     planned = plan("--config", RECIPES[recipe], "--gpus-per-node", "2", *overrides)["memory_bytes"]
     for kind in ("parameters", "gradients", "optimizer"):
         assert planned[kind] == round(measured[f"{kind}_mb"] * 2**20), (kind, planned, measured)
